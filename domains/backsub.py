@@ -1,0 +1,69 @@
+"""Back-substitution of linear functions through the network IR.
+
+A linear function of node ``start`` is given by coefficients ``A`` of shape
+(N, K, *shape[start]): K functions per batch element. It is pushed backwards
+through the DAG in reverse topological order; affine ops transpose it with
+their ``backward``, ReLU nodes either apply a linear relaxation (DeepPoly and
+stronger domains) or, when no relaxation is given, stop there and are
+concretized with the node's interval bounds (Box with the output spec folded
+into the trailing affine layers). Whatever reaches the input is concretized
+over the input box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from domains.network import Input, Network, ReLU
+
+# relu_backward(start, node, A) -> (A at the ReLU input, constant (N, K))
+ReluBackward = Callable[[int, int, Tensor], tuple[Tensor, Tensor]]
+
+
+def concretize(A: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """min of A . x over the box [lower, upper]: A (N, K, *s), bounds (N, *s) -> (N, K)."""
+    center, radius = (upper + lower) / 2, (upper - lower) / 2
+    A = A.flatten(2)
+    return (A @ center.flatten(1).unsqueeze(-1) - A.abs() @ radius.flatten(1).unsqueeze(-1)).squeeze(-1)
+
+
+def argmin_on_box(A: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """The box corner minimising A . x, one per row: (N, K, *s) -> (N, K, *s)."""
+    return (A >= 0) * lower.unsqueeze(1) + (A < 0) * upper.unsqueeze(1)
+
+
+def backsubstitute(net: Network, start: int, A: Tensor, bounds: dict[int, tuple[Tensor, Tensor]],
+                   relu_backward: ReluBackward | None = None) -> tuple[Tensor, Tensor]:
+    """Lower bound of ``A . x_start`` in terms of the input.
+
+    Returns ``(A_in, const)``: the coefficients on the input (N, K, *input_shape)
+    (zeros if nothing reached the input) and the constant (N, K), such that
+    ``A . x_start >= A_in . x + const`` for every input x in the region. Nodes
+    stopped at (ReLUs without relaxation) are concretized into ``const`` using
+    ``bounds[node]``, so ``bounds`` needs the output bounds of those nodes.
+    """
+    pending = {start: A}
+    const = A.new_zeros(A.shape[:2])
+    for i in range(start, 0, -1):
+        if i not in pending:
+            continue
+        A_i = pending.pop(i)
+        node = net.nodes[i]
+        if isinstance(node.op, ReLU):
+            if relu_backward is None:
+                const = const + concretize(A_i, *bounds[i])
+                continue
+            A_prev, c = relu_backward(start, i, A_i)
+            coefficients = [A_prev]
+        else:
+            coefficients, c = node.op.backward(A_i)
+        const = const + c
+        for j, A_j in zip(node.inputs, coefficients):
+            pending[j] = pending[j] + A_j if j in pending else A_j
+    A_in = pending.pop(0, None)
+    if A_in is None:
+        A_in = A.new_zeros(*A.shape[:2], *net.input_shape)
+    assert isinstance(net.nodes[0].op, Input)
+    return A_in, const

@@ -1,0 +1,152 @@
+"""DeepPoly / CROWN: linear bounds by back-substitution to the input.
+
+Every ReLU ``y = max(x, 0)`` with pre-activation bounds ``l < 0 < u`` is
+relaxed by two lines (Singh et al. 2019, Zhang et al. 2018):
+
+    upper:  y <= u / (u - l) * (x - l)                         (the triangle)
+    lower:  y >= lambda * x,  lambda = 1 if u > -l else 0      (min-area choice)
+
+Stable neurons are exact (identity or zero). Pre-activation bounds are
+computed layer by layer: first by interval propagation from the tightest
+bounds so far, then by back-substituting only the neurons that this leaves
+unstable; both are intersected, so DeepPoly is never looser than Box.
+
+Subclasses (alpha, beta, multi-neuron constraints) override ``lower_slope`` or
+``relu_backward``; everything else is shared.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from domains.backsub import argmin_on_box, backsubstitute, concretize
+from domains.box import Bounds, affine_bounds
+from domains.box import bound_linear as box_bound_linear
+from domains.network import Network, ReLU
+
+
+def triangle_upper(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """Slope and intercept of the tightest linear upper bound of ReLU on [l, u]."""
+    unstable = (lower < 0) & (upper > 0)
+    slope = torch.where(unstable, upper / (upper - lower).clamp_min(1e-12), (lower >= 0).to(lower))
+    intercept = torch.where(unstable, -slope * lower, torch.zeros_like(lower))
+    return slope, intercept
+
+
+def min_area_lower_slope(lower: Tensor, upper: Tensor) -> Tensor:
+    """DeepPoly's adaptive lower slope: 1 where u > -l (and for active neurons), else 0."""
+    return ((upper > -lower) & (upper > 0)).to(lower)
+
+
+def unstable_indices(lower: Tensor, upper: Tensor) -> Tensor:
+    """Flat indices of unstable neurons, padded per row: (N, *s) -> (N, K), K = max count.
+
+    Rows with fewer unstable neurons repeat their first index (or 0); bounding
+    a neuron twice, or a stable one, is harmless since results are intersected.
+    """
+    unstable = ((lower < 0) & (upper > 0)).flatten(1)
+    k = int(unstable.sum(1).max().item()) if unstable.numel() else 0
+    # stable sort puts unstable neurons (key 0) first, keeping their order
+    order = torch.sort((~unstable).to(torch.uint8), dim=1, stable=True).indices[:, :k]
+    count = unstable.sum(1, keepdim=True)
+    first = order[:, :1] if k else order
+    return torch.where(torch.arange(k, device=lower.device) < count, order, first)
+
+
+class DeepPoly:
+    """DeepPoly bounds of a network on a batch of input boxes.
+
+    lower, upper: (N, *input_shape). ``bounds[i]`` holds the interval bounds of
+    node i, (N, *shape[i]) each, after :meth:`compute_intermediate_bounds`.
+    """
+
+    def __init__(self, net: Network, lower: Tensor, upper: Tensor):
+        self.net, self.lower, self.upper = net, lower, upper
+        self.bounds: dict[int, Bounds] = {0: (lower, upper)}
+        self.upper_lines: dict[int, tuple[Tensor, Tensor]] = {}
+
+    # -- relaxation ---------------------------------------------------------------------------------
+
+    def pre_bounds(self, relu: int) -> Bounds:
+        return self.bounds[self.net.nodes[relu].inputs[0]]
+
+    def lower_slope(self, start: int, relu: int) -> Tensor:
+        """Lower-line slope for ``relu`` in the back-substitution from ``start``, broadcastable to A."""
+        lo, hi = self.pre_bounds(relu)
+        return min_area_lower_slope(lo, hi).unsqueeze(1)
+
+    def relu_backward(self, start: int, relu: int, A: Tensor) -> tuple[Tensor, Tensor]:
+        """Lower bound of ``A . y`` by relaxed ReLU lines: A (N, K, *s) -> (A on x, const (N, K))."""
+        slope_up, intercept_up = self.upper_lines[relu]
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        A_x = pos * self.lower_slope(start, relu) + neg * slope_up.unsqueeze(1)
+        return A_x, (neg * intercept_up.unsqueeze(1)).flatten(2).sum(-1)
+
+    # -- bounds -------------------------------------------------------------------------------------
+
+    def backsubstitute(self, start: int, A: Tensor) -> tuple[Tensor, Tensor]:
+        """Input coefficients and constant (A_in, c) with ``A . x_start >= A_in . x + c``."""
+        return backsubstitute(self.net, start, A, self.bounds, self.relu_backward)
+
+    def linear_lower(self, start: int, A: Tensor) -> Tensor:
+        """Lower bound of ``A . x_start`` over the input box: (N, K, *s) -> (N, K)."""
+        A_in, const = self.backsubstitute(start, A)
+        return const + concretize(A_in, self.lower, self.upper)
+
+    def refine(self, node: int, lo: Tensor, hi: Tensor) -> Bounds:
+        """Tighter bounds for the unstable neurons of ``node`` (N, *s) by back-substitution."""
+        idx = unstable_indices(lo, hi)  # (N, K)
+        n, k = idx.shape
+        if k == 0:
+            return lo, hi
+        size = lo[0].numel()
+        eye = torch.zeros(n, k, size, dtype=lo.dtype, device=lo.device).scatter_(2, idx.unsqueeze(-1), 1.0)
+        A = torch.cat([eye, -eye], 1).reshape(n, 2 * k, *lo.shape[1:])
+        bound = self.linear_lower(node, A)
+        new_lo = lo.flatten(1).scatter(1, idx, torch.maximum(bound[:, :k], lo.flatten(1).gather(1, idx)))
+        new_hi = hi.flatten(1).scatter(1, idx, torch.minimum(-bound[:, k:], hi.flatten(1).gather(1, idx)))
+        return new_lo.view_as(lo), new_hi.view_as(hi)
+
+    def compute_intermediate_bounds(self) -> None:
+        """Bounds of every node: intervals from the tightest inputs, refined before each ReLU."""
+        pre_activations = {self.net.nodes[r].inputs[0] for r in self.net.relu_nodes}
+        for i, node in enumerate(self.net.nodes[1:], start=1):
+            if isinstance(node.op, ReLU):
+                lo, hi = self.bounds[node.inputs[0]]
+                self.upper_lines[i] = triangle_upper(lo, hi)
+                self.bounds[i] = (torch.relu(lo), torch.relu(hi))
+                continue
+            lo, hi = affine_bounds(node.op, *(self.bounds[j] for j in node.inputs))
+            if i in pre_activations:
+                lo, hi = self.refine(i, lo, hi)
+            self.bounds[i] = (lo, hi)
+
+    def bound(self, C: Tensor) -> Tensor:
+        """Lower bounds of ``C y`` (C: (N, K, *output_shape)) -> (N, K).
+
+        The back-substituted bound is intersected with the interval bound of
+        ``C y`` over the same (refined) intermediate bounds: a single ReLU's
+        linear lower line can be looser than its interval, and this keeps
+        DeepPoly at least as tight as Box on the property too.
+        """
+        if len(self.bounds) < len(self.net.nodes):
+            self.compute_intermediate_bounds()
+        output = len(self.net.nodes) - 1
+        return torch.maximum(self.linear_lower(output, C),
+                             box_bound_linear(self.net, self.lower, self.upper, C, self.node_bounds()))
+
+    def node_bounds(self) -> list[Bounds]:
+        return [self.bounds[i] for i in range(len(self.net.nodes))]
+
+    def bound_with_argmin(self, C: Tensor) -> tuple[Tensor, Tensor]:
+        """Lower bounds (N, K) and, per row, the input corner minimising the linear bound (N, K, *in)."""
+        if len(self.bounds) < len(self.net.nodes):
+            self.compute_intermediate_bounds()
+        A_in, const = self.backsubstitute(len(self.net.nodes) - 1, C)
+        return const + concretize(A_in, self.lower, self.upper), argmin_on_box(A_in, self.lower, self.upper)
+
+
+def bound_linear(net: Network, lower: Tensor, upper: Tensor, C: Tensor) -> Tensor:
+    """DeepPoly lower bounds of ``C y`` for y = net(x), x in [lower, upper]: (N, K)."""
+    return DeepPoly(net, lower, upper).bound(C)

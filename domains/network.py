@@ -1,0 +1,317 @@
+"""The network IR: a DAG of a few op kinds, shared by every abstract domain.
+
+A :class:`Network` is a list of :class:`Node` in topological order. Node 0 is the
+input; the last node is the output. Every non-ReLU op is affine in its inputs
+and offers three primitives, all batched over a leading dimension:
+
+- ``forward(*x)``: the op itself, ``x`` of shape (N, *in_shape).
+- ``forward_abs(*r)``: the linear part with absolute-valued coefficients and no
+  bias, used to propagate Box radii: ``|W| r``.
+- ``backward(A)``: transposes the linear part for back-substitution. ``A`` has
+  shape (N, K, *out_shape) and stands for the linear function ``A . y``; the
+  result is one coefficient tensor (N, K, *in_shape) per input and the constant
+  (N, K) contributed by the bias: ``A . (W x + b) = (W^T A) . x + A . b``.
+
+Convolutions and pooling use conv / conv_transpose, never dense matrices. A new
+ONNX op means one new class here; a new domain never touches this file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _flat_k(A: Tensor, n_batch_dims: int = 2) -> tuple[Tensor, tuple[int, ...]]:
+    """Merge the leading (N, K) dims of A for ops that take one batch dim."""
+    lead = A.shape[:n_batch_dims]
+    return A.reshape(-1, *A.shape[n_batch_dims:]), lead
+
+
+def _output_padding(op: Op, kernel, dilation) -> tuple[int, int]:
+    """conv_transpose can produce several input sizes from one output size; pick the bound one."""
+    sizes = zip(op.in_shapes[0][1:], op.out_shape[1:], kernel, op.stride, op.padding, dilation)
+    return tuple(n_in - ((n_out - 1) * s - 2 * p + d * (k - 1) + 1) for n_in, n_out, k, s, p, d in sizes)
+
+
+class Op:
+    """Base class: an op knows the shapes of its inputs once bound to a network."""
+
+    in_shapes: list[tuple[int, ...]]
+    out_shape: tuple[int, ...]
+    n_inputs = 1
+
+    def bind(self, in_shapes: list[tuple[int, ...]]) -> None:
+        self.in_shapes = [tuple(s) for s in in_shapes]
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+
+    def to(self, device=None, dtype=None) -> None:
+        for name, t in self.tensors().items():
+            setattr(self, name, t.to(device=device, dtype=dtype if t.is_floating_point() else None))
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(repr=False)
+class Input(Op):
+    n_inputs = 0
+
+
+@dataclass(repr=False)
+class ReLU(Op):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+
+@dataclass(repr=False)
+class Linear(Op):
+    """y = W x + b on flat features. weight: (out, in), bias: (out,)."""
+
+    weight: Tensor
+    bias: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return F.linear(r, self.weight.abs())
+
+    def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
+        return [A @ self.weight], A @ self.bias
+
+    def __repr__(self) -> str:
+        return f"Linear({self.weight.shape[1]}->{self.weight.shape[0]})"
+
+
+@dataclass(repr=False)
+class Conv2d(Op):
+    """2-D convolution (groups=1). weight: (C_out, C_in, kh, kw), bias: (C_out,)."""
+
+    weight: Tensor
+    bias: Tensor
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return F.conv2d(r, self.weight.abs(), None, self.stride, self.padding, self.dilation)
+
+    def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
+        flat, lead = _flat_k(A)
+        padding = _output_padding(self, self.weight.shape[2:], self.dilation)
+        out = F.conv_transpose2d(flat, self.weight, None, self.stride, self.padding, padding, 1, self.dilation)
+        return [out.reshape(*lead, *self.in_shapes[0])], torch.einsum("nkchw,c->nk", A, self.bias)
+
+    def __repr__(self) -> str:
+        c_out, c_in, kh, kw = self.weight.shape
+        return f"Conv2d({c_in}->{c_out}, {kh}x{kw}, stride={self.stride}, padding={self.padding})"
+
+
+@dataclass(repr=False)
+class AvgPool2d(Op):
+    """Average pooling (zero padding counted, as ONNX count_include_pad=0 is rejected at import)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
+
+    forward_abs = forward
+
+    def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
+        channels = self.in_shapes[0][0]
+        weight = A.new_full((channels, 1, *self.kernel), 1.0 / math.prod(self.kernel))
+        flat, lead = _flat_k(A)
+        padding = _output_padding(self, self.kernel, (1, 1))
+        out = F.conv_transpose2d(flat, weight, None, self.stride, self.padding, padding, channels)
+        return [out.reshape(*lead, *self.in_shapes[0])], A.new_zeros(lead)
+
+    def __repr__(self) -> str:
+        return f"AvgPool2d({self.kernel}, stride={self.stride})"
+
+
+@dataclass(repr=False)
+class ElementwiseAffine(Op):
+    """y = x * scale + shift, scale and shift broadcastable to the input shape.
+
+    Covers input normalisation ((x - mean) / std), BatchNorm in eval mode and
+    ONNX Mul/Add/Sub/Div by constants.
+    """
+
+    scale: Tensor
+    shift: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return r * self.scale.abs()
+
+    def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
+        shift = self.shift.expand(self.in_shapes[0])
+        return [A * self.scale], (A * shift).flatten(2).sum(-1)
+
+    def __repr__(self) -> str:
+        return f"ElementwiseAffine({tuple(self.scale.shape)})"
+
+
+@dataclass(repr=False)
+class Reshape(Op):
+    """Flatten / Reshape of the per-sample shape (one entry may be -1)."""
+
+    shape: tuple[int, ...]
+
+    def bind(self, in_shapes: list[tuple[int, ...]]) -> None:
+        super().bind(in_shapes)
+        self.shape = tuple(torch.empty(in_shapes[0], device="meta").reshape(self.shape).shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+    forward_abs = forward
+
+    def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
+        return [A.reshape(*A.shape[:2], *self.in_shapes[0])], A.new_zeros(A.shape[:2])
+
+    def __repr__(self) -> str:
+        return f"Reshape({self.shape})"
+
+
+@dataclass(repr=False)
+class Transpose(Op):
+    """Permutation of the per-sample dims (e.g. NHWC inputs): perm indexes them from 0."""
+
+    perm: tuple[int, ...]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, *(p + 1 for p in self.perm))
+
+    forward_abs = forward
+
+    def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
+        inverse = [self.perm.index(i) for i in range(len(self.perm))]
+        return [A.permute(0, 1, *(p + 2 for p in inverse))], A.new_zeros(A.shape[:2])
+
+    def __repr__(self) -> str:
+        return f"Transpose{self.perm}"
+
+
+@dataclass(repr=False)
+class Pad(Op):
+    """Constant-zero padding of the last two dims: pads = (left, right, top, bottom)."""
+
+    pads: tuple[int, int, int, int]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x, self.pads)
+
+    forward_abs = forward
+
+    def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
+        left, right, top, bottom = self.pads
+        h, w = A.shape[-2:]
+        return [A[..., top:h - bottom, left:w - right]], A.new_zeros(A.shape[:2])
+
+    def __repr__(self) -> str:
+        return f"Pad{self.pads}"
+
+
+@dataclass(repr=False)
+class Add(Op):
+    """Sum of two branches of the same shape (residual connections)."""
+
+    n_inputs = 2
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return x + y
+
+    forward_abs = forward
+
+    def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
+        return [A, A], A.new_zeros(A.shape[:2])
+
+
+@dataclass
+class Node:
+    op: Op
+    inputs: tuple[int, ...]
+
+
+class Network:
+    """A DAG of ops in topological order; node 0 is the input, the last node the output.
+
+    ``shapes[i]`` is the per-sample output shape of node i.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], ops: list[tuple[Op, tuple[int, ...]]]):
+        self.nodes = [Node(Input(), ())] + [Node(op, tuple(inputs)) for op, inputs in ops]
+        self.input_shape = tuple(input_shape)
+        self.nodes[0].op.bind([])
+        self.nodes[0].op.out_shape = self.input_shape
+        self.shapes = [self.input_shape]
+        for i, node in enumerate(self.nodes[1:], start=1):
+            if len(node.inputs) != node.op.n_inputs or any(not 0 <= j < i for j in node.inputs):
+                raise ValueError(f"node {i} ({node.op!r}) has invalid inputs {node.inputs}")
+            node.op.bind([self.shapes[j] for j in node.inputs])
+            probe = [torch.zeros(1, *self.shapes[j], dtype=self.dtype, device=self.device) for j in node.inputs]
+            node.op.out_shape = tuple(node.op.forward(*probe).shape[1:])
+            self.shapes.append(node.op.out_shape)
+        self.consumers: list[list[int]] = [[] for _ in self.nodes]
+        for i, node in enumerate(self.nodes):
+            for j in node.inputs:
+                self.consumers[j].append(i)
+
+    @classmethod
+    def chain(cls, input_shape: tuple[int, ...], ops: list[Op]) -> Network:
+        """A sequential network: each op feeds the next."""
+        return cls(input_shape, [(op, (i,)) for i, op in enumerate(ops)])
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.shapes[-1]
+
+    @property
+    def relu_nodes(self) -> list[int]:
+        return [i for i, node in enumerate(self.nodes) if isinstance(node.op, ReLU)]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next((t.dtype for n in self.nodes for t in n.op.tensors().values() if t.is_floating_point()),
+                    torch.get_default_dtype())
+
+    @property
+    def device(self) -> torch.device:
+        return next((t.device for n in self.nodes for t in n.op.tensors().values()), torch.device("cpu"))
+
+    def to(self, device=None, dtype=None) -> Network:
+        for node in self.nodes:
+            node.op.to(device, dtype)
+        return self
+
+    def forward(self, x: Tensor, return_all: bool = False) -> Tensor | list[Tensor]:
+        """Concrete evaluation; x: (N, *input_shape) -> (N, *output_shape)."""
+        values = [x]
+        for node in self.nodes[1:]:
+            values.append(node.op.forward(*(values[j] for j in node.inputs)))
+        return values if return_all else values[-1]
+
+    __call__ = forward
+
+    def __repr__(self) -> str:
+        lines = [f"Network(input {self.input_shape})"]
+        for i, node in enumerate(self.nodes[1:], start=1):
+            src = "" if node.inputs == (i - 1,) else f" <- {list(node.inputs)}"
+            lines.append(f"  [{i}] {node.op!r}{src} -> {self.shapes[i]}")
+        return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Seeded random networks for soundness tests: FC, conv, with normalisation and residual blocks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from domains.from_torch import Normalize, Residual, network_from_torch
+from domains.network import Network
+
+
+def fc_model(seed: int, widths=(8, 8), n_in: int = 4, n_out: int = 3, normalize: bool = True) -> nn.Sequential:
+    g = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = [Normalize(0.3, 0.7)] if normalize else []
+    prev = n_in
+    for w in widths:
+        layers += [nn.Linear(prev, w), nn.ReLU()]
+        prev = w
+    layers.append(nn.Linear(prev, n_out))
+    model = nn.Sequential(*layers)
+    _randomize(model, g)
+    return model.eval()
+
+
+def conv_model(seed: int, channels: int = 1, size: int = 6, n_out: int = 3, normalize: bool = True,
+               batchnorm: bool = True, pool: bool = True) -> nn.Sequential:
+    g = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = [Normalize([0.5] * channels, [0.25] * channels)] if normalize else []
+    layers += [nn.Conv2d(channels, 3, 3, stride=1, padding=1)]
+    layers += [nn.BatchNorm2d(3)] if batchnorm else []
+    layers += [nn.ReLU(), nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU()]
+    layers += [nn.AvgPool2d(2, 1)] if pool else []
+    side = (size + 1) // 2 - (1 if pool else 0)
+    layers += [nn.Flatten(), nn.Linear(4 * side * side, 6), nn.ReLU(), nn.Linear(6, n_out)]
+    model = nn.Sequential(*layers)
+    _randomize(model, g)
+    return model.eval()
+
+
+def residual_model(seed: int, n_in: int = 4, width: int = 6, n_out: int = 3) -> nn.Sequential:
+    g = torch.Generator().manual_seed(seed)
+    block = Residual(nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width)))
+    model = nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), block, nn.ReLU(), nn.Linear(width, n_out))
+    _randomize(model, g)
+    return model.eval()
+
+
+def _randomize(model: nn.Module, g: torch.Generator) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+
+
+def random_network(seed: int, kind: str) -> tuple[nn.Module, Network]:
+    """A (torch model, IR) pair of the given kind: 'fc', 'conv' or 'residual'."""
+    if kind == "fc":
+        model, shape = fc_model(seed), (4,)
+    elif kind == "conv":
+        model, shape = conv_model(seed), (1, 6, 6)
+    elif kind == "residual":
+        model, shape = residual_model(seed), (4,)
+    else:
+        raise ValueError(kind)
+    return model, network_from_torch(model, shape)
