@@ -315,3 +315,11 @@ class Network:
             src = "" if node.inputs == (i - 1,) else f" <- {list(node.inputs)}"
             lines.append(f"  [{i}] {node.op!r}{src} -> {self.shapes[i]}")
         return "\n".join(lines)
+
+
+def prepend(ops: list[Op], net: Network, input_shape: tuple[int, ...]) -> Network:
+    """The network ``net(ops(x))`` for inputs of ``input_shape``: a chain of ops in front of net."""
+    offset = len(ops)
+    front = [(op, (i,)) for i, op in enumerate(ops)]
+    back = [(node.op, tuple(j + offset for j in node.inputs)) for node in net.nodes[1:]]
+    return Network(input_shape, front + back)

@@ -38,25 +38,11 @@ class OutputSpec:
     def n_clauses(self) -> int:
         return int(self.clause.max().item()) + 1 if self.clause.numel() else 0
 
-    def margins(self, y: Tensor) -> Tensor:
-        """``C y - d`` for outputs y (..., n_out) -> (..., m)."""
-        return y @ self.C.to(y).T - self.d.to(y)
-
-    def clause_margin(self, row_value: Tensor) -> Tensor:
-        """Per clause, the best (largest) row value: (..., m) -> (..., n_clauses).
-
-        Applied to row *lower bounds* this is the provable margin of a clause
-        (positive = clause unsatisfiable); applied to concrete margins it is
-        positive iff the point violates the clause (is safe for it).
-        """
-        shape = row_value.shape[:-1] + (self.n_clauses,)
-        out = torch.full(shape, -torch.inf, dtype=row_value.dtype, device=row_value.device)
-        index = self.clause.to(row_value.device).expand_as(row_value)
-        return out.scatter_reduce(-1, index, row_value, reduce="amax")
-
     def is_counterexample(self, y: Tensor) -> Tensor:
-        """True where the output y (..., n_out) satisfies some clause (..., )."""
-        return (self.clause_margin(self.margins(y)) <= 0).any(-1)
+        """True where the output y (N, n_out) satisfies every row of some clause: (N,)."""
+        batch = PropertyBatch(y.new_zeros(len(y), 1), y.new_zeros(len(y), 1), self.C.expand(len(y), -1, -1),
+                              self.d.expand(len(y), -1), self.clause)
+        return batch.property_margin(y) <= 0
 
     def to(self, device=None, dtype=None) -> OutputSpec:
         return OutputSpec(self.C.to(device=device, dtype=dtype), self.d.to(device=device, dtype=dtype),
@@ -108,3 +94,58 @@ def parse_eps(text: str, clip_min: float = 0.0, clip_max: float = 1.0) -> float:
     if value > clip_max - clip_min:
         raise SpecError(f"invalid --eps {text!r}: larger than the input range [{clip_min}, {clip_max}]")
     return value
+
+
+@dataclass
+class PropertyBatch:
+    """N properties with the same clause structure, verified together.
+
+    lower, upper: (N, *input_shape)   C: (N, m, n_out)   d: (N, m)   clause: (m,)
+    Row j of property n is ``C[n, j] . y <= d[n, j]``; clauses as in :class:`OutputSpec`.
+    """
+
+    lower: Tensor
+    upper: Tensor
+    C: Tensor
+    d: Tensor
+    clause: Tensor
+
+    def __len__(self) -> int:
+        return self.lower.shape[0]
+
+    @classmethod
+    def stack(cls, props: list[Property]) -> PropertyBatch:
+        clause = props[0].output.clause
+        if any(not torch.equal(p.output.clause, clause) for p in props):
+            raise SpecError("properties of one batch must share their clause structure")
+        return cls(torch.stack([p.lower for p in props]), torch.stack([p.upper for p in props]),
+                   torch.stack([p.output.C for p in props]), torch.stack([p.output.d for p in props]), clause)
+
+    def __getitem__(self, index) -> PropertyBatch:
+        index = [index] if isinstance(index, int) else index
+        return PropertyBatch(self.lower[index], self.upper[index], self.C[index], self.d[index], self.clause)
+
+    def to(self, device=None, dtype=None) -> PropertyBatch:
+        return PropertyBatch(self.lower.to(device, dtype), self.upper.to(device, dtype), self.C.to(device, dtype),
+                             self.d.to(device, dtype), self.clause.to(device))
+
+    @property
+    def n_clauses(self) -> int:
+        return int(self.clause.max().item()) + 1
+
+    def row_margins(self, y: Tensor) -> Tensor:
+        """``C y - d`` for outputs y (N, n_out) -> (N, m)."""
+        return torch.einsum("nmo,no->nm", self.C.to(y), y) - self.d.to(y)
+
+    def clause_margins(self, rows: Tensor) -> Tensor:
+        """Best row per clause: (N, m) -> (N, n_clauses). Positive = clause excluded."""
+        out = rows.new_full((rows.shape[0], self.n_clauses), -torch.inf)
+        return out.scatter_reduce(1, self.clause.to(rows.device).expand_as(rows), rows, reduce="amax")
+
+    def property_margin(self, y: Tensor) -> Tensor:
+        """min over clauses of the clause margin at outputs y (N, n_out) -> (N,); <= 0 is a counterexample."""
+        return self.clause_margins(self.row_margins(y)).min(1).values
+
+    def certified(self, row_lower: Tensor) -> Tensor:
+        """Given lower bounds of ``C y`` (N, m): True where every clause has a row provably > d."""
+        return (self.clause_margins(row_lower - self.d.to(row_lower)) > 0).all(1)

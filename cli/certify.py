@@ -1,0 +1,153 @@
+"""`certify`: verify an ONNX model on samples (L-inf balls) or on a VNN-LIB property.
+
+Argument parsing and wiring only; the work is in verifier/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from cli.errors import UserError, run_main
+from verifier.certify import Pipeline
+from verifier.onnx_import import load_onnx
+from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance
+from verifier.registry import DOMAINS, Options
+from verifier.results import ResultsFile, command_line, format_table, versions
+from verifier.run import certify_instances
+from verifier.spec import parse_eps
+from verifier.vnnlib import parse_vnnlib
+
+DEFAULT_DOMAINS = "box,deeppoly" + (",mnbab" if "mnbab" in DOMAINS else "")
+DEMO_EPS = "0.1"
+
+
+def demo_files() -> tuple[Path, Path]:
+    data = resources.files("verifier") / "data"
+    return Path(str(data / "demo_mnist.onnx")), Path(str(data / "mnist_first100.npz"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="certify",
+        description="Certify an ONNX ReLU network with Box, DeepPoly and MN-BaB. Without a model, runs the "
+                    "bundled demo (a SABR-trained MNIST network on the first 100 MNIST test images, eps 0.1).")
+    p.add_argument("model", nargs="?", help="ONNX model (default: the bundled demo network)")
+    p.add_argument("--eps", help="L-inf radius in input space, e.g. 0.1 or 2/255")
+    p.add_argument("--domain", default=DEFAULT_DOMAINS,
+                   help=f"comma-separated domains among {', '.join(DOMAINS)} (default: {DEFAULT_DOMAINS})")
+    source = p.add_argument_group("samples (one of)")
+    source.add_argument("--dataset", choices=("mnist", "cifar10"))
+    source.add_argument("--inputs", help=".npz with x (N, *input_shape) in [clip-min, clip-max] and y (N,) labels")
+    source.add_argument("--vnnlib", help="VNN-LIB property file (instead of eps / dataset / inputs)")
+    p.add_argument("--data-dir", help="dataset folder in torchvision layout (default: $NNCERT_DATA, else download)")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--start", type=int, default=0, help="index of the first sample")
+    p.add_argument("--num", type=int, default=100, help="number of samples")
+    p.add_argument("--mean", type=float, nargs="+", help="normalisation applied before the model (per channel)")
+    p.add_argument("--std", type=float, nargs="+", help="normalisation applied before the model (per channel)")
+    p.add_argument("--clip-min", type=float, default=0.0, help="lower end of the valid input range")
+    p.add_argument("--clip-max", type=float, default=1.0, help="upper end of the valid input range")
+    p.add_argument("--timeout", type=float, default=60.0, help="wall-clock seconds per property")
+    p.add_argument("--no-attack", action="store_true", help="skip the PGD attack stage")
+    p.add_argument("--batch-size", type=int, default=32, help="samples bounded together by Box / DeepPoly")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--json", help="write results here as they arrive")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_domains(text: str) -> list[str]:
+    domains = [d.strip() for d in text.split(",") if d.strip()]
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown or not domains:
+        raise UserError(f"unknown domain {', '.join(unknown) or repr(text)}; choose from {', '.join(DOMAINS)}")
+    return domains
+
+
+def device_of(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"invalid --device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA device is available")
+    return device
+
+
+def load_samples(args) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    """Images (N, C, H, W) or inputs (N, *shape), labels (N,), and the dataset name if any."""
+    if args.inputs:
+        x, y = load_inputs_npz(args.inputs, args.clip_min, args.clip_max)
+        return x[args.start:args.start + args.num], y[args.start:args.start + args.num], None
+    from training.datasets import load_dataset
+
+    data = load_dataset(args.dataset, args.split, args.data_dir).subset(args.start, args.num)
+    return data.x, data.y, args.dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("certify", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    domains = parse_domains(args.domain)
+    device = device_of(args.device)
+    if args.model is None:
+        if args.vnnlib or args.dataset:
+            raise UserError("give a MODEL with --vnnlib or --dataset (without a model the bundled demo runs)")
+        args.model, args.inputs = demo_files()
+        args.eps = args.eps or DEMO_EPS
+    if args.vnnlib is None and args.dataset is None and args.inputs is None:
+        raise UserError("give one of --dataset, --inputs or --vnnlib")
+    if args.num < 1 or args.start < 0:
+        raise UserError("--num must be >= 1 and --start >= 0")
+    if args.timeout <= 0:
+        raise UserError("--timeout must be positive")
+    onnx_model = load_onnx(args.model)
+
+    meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "model": str(args.model),
+            "model_sha256": onnx_model.sha256, "domains": domains, "timeout_s": args.timeout,
+            "device": str(device)}
+    if args.vnnlib:
+        props = parse_vnnlib(args.vnnlib, n_inputs=None, n_outputs=None)
+        instances = [vnnlib_instance(props, onnx_model.input_shape, onnx_model.output_size)]
+        model = adapt_to_images(onnx_model.network, onnx_model.run, onnx_model.input_shape)
+        network, oracle = model.network, model.oracle
+        meta.update(vnnlib=str(args.vnnlib))
+    else:
+        if args.eps is None:
+            raise UserError("--eps is required with --dataset / --inputs")
+        if args.clip_min >= args.clip_max:
+            raise UserError("--clip-min must be below --clip-max")
+        eps = parse_eps(args.eps, args.clip_min, args.clip_max)
+        x, y, dataset = load_samples(args)
+        model = adapt_to_images(onnx_model.network, onnx_model.run, tuple(x.shape[1:]), args.mean, args.std)
+        network, oracle = model.network, model.oracle
+        instances = linf_instances(x, y, eps, onnx_model.output_size, args.clip_min, args.clip_max, args.start)
+        meta.update(eps=eps, eps_text=args.eps, dataset=dataset, inputs=str(args.inputs) if args.inputs else None,
+                    split=args.split, start=args.start, num=len(instances), mean=args.mean, std=args.std,
+                    clip=[args.clip_min, args.clip_max])
+
+    torch.manual_seed(args.seed)
+    pipeline = Pipeline(network.to(device), domains, oracle, timeout=args.timeout, attack=not args.no_attack,
+                        seed=args.seed, options=Options(), chunk_size=args.batch_size)
+    results = ResultsFile(args.json, meta, domains)
+    certify_instances(pipeline, instances, results, progress=not args.quiet and sys.stderr.isatty())
+    if args.vnnlib:
+        for row in results.rows:
+            print(f"{row['domain']}: {row['status']} ({row['time_s']:.2f} s)")
+    print(format_table(results.summary))
+    if args.json:
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

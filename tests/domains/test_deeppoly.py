@@ -1,0 +1,92 @@
+"""DeepPoly: sound on random nets, never looser than Box, exact where no neuron is unstable."""
+
+import pytest
+import torch
+
+from domains import box
+from domains.deeppoly import DeepPoly, min_area_lower_slope, triangle_upper, unstable_indices
+from tests.random_nets import random_network
+from tests.soundness import concrete_minimum
+
+KINDS = ["fc", "conv", "residual"]
+
+
+def _region(net, seed, n=3, eps=0.08):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *net.input_shape, generator=g)
+    C = torch.randn(n, 4, *net.output_shape, generator=g)
+    return x - eps, x + eps, C
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(6))
+def test_deeppoly_sound_and_at_least_box(kind, seed):
+    _, net = random_network(seed, kind)
+    lower, upper, C = _region(net, seed)
+    with torch.no_grad():
+        dp = DeepPoly(net, lower, upper).bound(C)
+        bx = box.bound_linear(net, lower, upper, C)
+    assert (dp <= concrete_minimum(net, lower, upper, C, seed=seed) + 1e-5).all()
+    assert (dp >= bx - 1e-6).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_intermediate_bounds_sound_and_inside_box(kind):
+    _, net = random_network(4, kind)
+    lower, upper, _ = _region(net, 4, n=2, eps=0.15)
+    with torch.no_grad():
+        dp = DeepPoly(net, lower, upper)
+        dp.compute_intermediate_bounds()
+        boxes = box.propagate(net, lower, upper)
+        points = lower + (upper - lower) * torch.rand(400, *lower.shape)
+        values = [net(p, return_all=True) for p in points]
+    for i in range(len(net.nodes)):
+        lo, hi = dp.bounds[i]
+        v = torch.stack([vals[i] for vals in values])
+        assert (v >= lo - 1e-5).all() and (v <= hi + 1e-5).all(), f"node {i}"
+        assert (lo >= boxes[i][0] - 1e-6).all() and (hi <= boxes[i][1] + 1e-6).all()
+
+
+def test_tighter_than_box_somewhere():
+    gains = []
+    for seed in range(4):
+        _, net = random_network(seed, "fc")
+        lower, upper, C = _region(net, seed, eps=0.15)
+        with torch.no_grad():
+            gains.append((DeepPoly(net, lower, upper).bound(C) - box.bound_linear(net, lower, upper, C)).max())
+    assert max(gains) > 1e-3
+
+
+def test_exact_on_a_point():
+    _, net = random_network(2, "conv")
+    x = torch.rand(2, *net.input_shape)
+    C = torch.randn(2, 3, *net.output_shape)
+    with torch.no_grad():
+        bound = DeepPoly(net, x, x).bound(C)
+        assert torch.allclose(bound, torch.einsum("nkj,nj->nk", C, net(x)), atol=1e-4)
+
+
+def test_relaxation_lines():
+    lo, hi = torch.tensor([-1.0, -3.0, 1.0, -2.0]), torch.tensor([2.0, 1.0, 2.0, -1.0])
+    slope, intercept = triangle_upper(lo, hi)
+    assert torch.allclose(slope, torch.tensor([2 / 3, 0.25, 1.0, 0.0]))
+    assert torch.allclose(intercept, torch.tensor([2 / 3, 0.75, 0.0, 0.0]))
+    assert torch.equal(min_area_lower_slope(lo, hi), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+
+
+def test_unstable_indices_pads_with_a_valid_index():
+    lo = torch.tensor([[-1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [1.0, 1.0, 1.0]])
+    hi = torch.tensor([[1.0, 2.0, 1.0], [2.0, 2.0, 1.0], [2.0, 2.0, 2.0]])
+    idx = unstable_indices(lo, hi)
+    assert idx.tolist() == [[0, 2], [2, 2], [0, 0]]
+
+
+def test_argmin_corner_attains_linear_bound():
+    _, net = random_network(5, "fc")
+    lower, upper, C = _region(net, 5)
+    with torch.no_grad():
+        dp = DeepPoly(net, lower, upper)
+        bound, corner = dp.bound_with_argmin(C)
+        y = net(corner.reshape(-1, *net.input_shape)).reshape(*C.shape[:2], -1)
+    value = (C * y).sum(-1)
+    assert (value >= bound - 1e-5).all()

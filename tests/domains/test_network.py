@@ -1,0 +1,81 @@
+"""Every IR op: backward is the exact transpose of the linear part, forward_abs applies |W|."""
+
+import pytest
+import torch
+
+from domains.network import (Add, AvgPool2d, Conv2d, ElementwiseAffine, Linear, Network, Pad, Reshape, Transpose,
+                             prepend)
+
+torch.manual_seed(0)
+
+
+def _ops():
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return [
+        ("linear", (5,), Linear(r(3, 5), r(3))),
+        ("conv", (2, 7, 7), Conv2d(r(3, 2, 3, 3), r(3), (2, 2), (1, 1), (1, 1))),
+        ("conv_even", (2, 8, 8), Conv2d(r(3, 2, 3, 3), r(3), (2, 2), (1, 1), (1, 1))),
+        ("conv_dilated", (1, 9, 9), Conv2d(r(2, 1, 3, 3), r(2), (1, 1), (2, 2), (2, 2))),
+        ("conv_rect", (2, 6, 9), Conv2d(r(4, 2, 2, 4), r(4), (3, 2), (0, 1), (1, 1))),
+        ("avgpool", (2, 6, 6), AvgPool2d((2, 2), (2, 2))),
+        ("avgpool_overlap", (2, 7, 7), AvgPool2d((3, 3), (2, 2), (1, 1))),
+        ("affine_channel", (3, 4, 4), ElementwiseAffine(r(3, 1, 1), r(3, 1, 1))),
+        ("affine_full", (6,), ElementwiseAffine(r(6), r(6))),
+        ("affine_scalar", (2, 3), ElementwiseAffine(torch.tensor(-2.0), torch.tensor(0.5))),
+        ("flatten", (2, 3, 3), Reshape((-1,))),
+        ("reshape", (12,), Reshape((3, 2, 2))),
+        ("transpose", (4, 5, 3), Transpose((2, 0, 1))),
+        ("pad", (2, 4, 5), Pad((1, 2, 0, 1))),
+    ]
+
+
+OPS = _ops()
+
+
+def _net(shape, op):
+    return Network(shape, [(op, (0,))])
+
+
+@pytest.mark.parametrize("name,shape,op", OPS, ids=[o[0] for o in OPS])
+def test_backward_is_transpose(name, shape, op):
+    net = _net(shape, op)
+    x = torch.randn(3, *shape)
+    A = torch.randn(3, 4, *net.output_shape)
+    (A_in,), const = op.backward(A)
+    zero = op.forward(torch.zeros(1, *shape))
+    lhs = (A * (op.forward(x) - zero).unsqueeze(1)).flatten(2).sum(-1)
+    rhs = (A_in * x.unsqueeze(1)).flatten(2).sum(-1)
+    assert torch.allclose(lhs, rhs, atol=1e-4)
+    assert torch.allclose(const, (A * zero.unsqueeze(1)).flatten(2).sum(-1), atol=1e-4)
+
+
+@pytest.mark.parametrize("name,shape,op", OPS, ids=[o[0] for o in OPS])
+def test_forward_abs_applies_abs_weights(name, shape, op):
+    net = _net(shape, op)
+    jac = torch.autograd.functional.jacobian(lambda v: op.forward(v.unsqueeze(0))[0], torch.zeros(shape))
+    dense = jac.reshape(int(torch.tensor(net.output_shape).prod()), -1)
+    r = torch.rand(2, *shape)
+    expected = (r.flatten(1) @ dense.abs().T).reshape(2, *net.output_shape)
+    assert torch.allclose(op.forward_abs(r), expected, atol=1e-5)
+
+
+def test_add_backward_sends_coefficients_to_both_branches():
+    net = Network((3,), [(Linear(torch.eye(3), torch.zeros(3)), (0,)), (Add(), (0, 1))])
+    x = torch.randn(2, 3)
+    assert torch.allclose(net(x), 2 * x)
+    (a, b), const = net.nodes[2].op.backward(torch.ones(2, 1, 3))
+    assert torch.equal(a, b) and torch.all(const == 0)
+
+
+def test_invalid_inputs_rejected():
+    with pytest.raises(ValueError, match="invalid inputs"):
+        Network((3,), [(Add(), (0, 5))])
+
+
+def test_prepend_composes():
+    net = Network.chain((4,), [Linear(torch.randn(2, 4), torch.randn(2))])
+    composed = prepend([ElementwiseAffine(torch.tensor(0.5), torch.tensor(1.0)), Reshape((4,))], net, (2, 2))
+    x = torch.rand(5, 2, 2)
+    assert torch.allclose(composed(x), net(x.reshape(5, 4) * 0.5 + 1.0), atol=1e-6)
+    assert len(composed.nodes) == 4

@@ -1,0 +1,47 @@
+"""Counterexample search: PGD on the property margin, every hit re-checked concretely.
+
+The property margin of an output y is ``min over clauses of max over the
+clause's rows of (C_j y - d_j)``; a point with margin <= 0 satisfies every row
+of some clause, i.e. it is a counterexample. PGD minimises it over the input
+box (margin loss, several restarts, first restart from the box centre).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from domains.network import Network
+from domains.pgd import pgd_maximize
+from verifier.spec import PropertyBatch
+
+# concrete oracle: inputs (N, *input_shape) -> outputs (N, n_out), e.g. onnxruntime
+Oracle = Callable[[Tensor], Tensor]
+
+
+def confirmed(batch: PropertyBatch, x: Tensor, oracle: Oracle | None, net: Network) -> Tensor:
+    """True where x (N, *in) lies in the input box and its concrete output violates the property: (N,)."""
+    inside = ((x >= batch.lower) & (x <= batch.upper)).flatten(1).all(1)
+    y = oracle(x) if oracle is not None else net(x)
+    return inside & (batch.property_margin(y.to(batch.C)) <= 0)
+
+
+def pgd_attack(net: Network, batch: PropertyBatch, oracle: Oracle | None = None, steps: int = 40,
+               restarts: int = 3, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Search counterexamples for a batch of properties.
+
+    Returns (found (N,) bool, x (N, *in)): where found, x is a counterexample
+    confirmed by the oracle (or the IR when no oracle is given).
+    """
+    generator = torch.Generator(device=batch.lower.device).manual_seed(seed)
+    center = (batch.lower + batch.upper) / 2
+
+    def loss(x: Tensor) -> Tensor:
+        return -batch.property_margin(net(x))
+
+    with torch.no_grad():
+        x, _ = pgd_maximize(loss, batch.lower, batch.upper, steps=steps, step_size=0.1, restarts=restarts,
+                            x0=center, generator=generator, stop=lambda best: best >= 0)
+        return confirmed(batch, x, oracle, net), x

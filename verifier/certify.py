@@ -1,0 +1,165 @@
+"""The per-property certification pipeline, cheapest first.
+
+For each instance (one sample, or one VNN-LIB file with its input disjuncts):
+clean check -> PGD attack -> each requested domain. The clean check and the
+attack are shared by all domains; every domain then runs its own procedure
+(stronger domains run their own cheaper stages internally). Instances are
+processed in chunks so that Box and DeepPoly run batched.
+
+Statuses: ``certified``, ``falsified`` (a counterexample confirmed by the
+concrete oracle), ``unknown``, ``timeout``, ``misclassified`` (the clean input
+already violates the property).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from domains.network import Network
+from verifier import registry
+from verifier.attack import Oracle, confirmed, pgd_attack
+from verifier.registry import Options, Verdict
+from verifier.spec import Property, PropertyBatch
+
+STATUSES = ("certified", "falsified", "unknown", "timeout", "misclassified")
+
+
+@dataclass
+class Instance:
+    """What gets one result row per domain: the union of its input disjuncts must be safe."""
+
+    index: int
+    props: list[Property]
+    label: int | None = None
+    clean: Tensor | None = None  # (*input_shape): the clean input, for the misclassification check
+
+
+@dataclass
+class Row:
+    index: int
+    label: int | None
+    predicted: int | None
+    domain: str
+    status: str
+    time_s: float
+    counterexample: Tensor | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "label": self.label, "predicted": self.predicted, "domain": self.domain,
+                "status": self.status, "time_s": round(self.time_s, 6)}
+
+
+@dataclass
+class Pipeline:
+    net: Network
+    domains: list[str]
+    oracle: Oracle | None = None
+    timeout: float = 60.0
+    attack: bool = True
+    seed: int = 0
+    options: Options = field(default_factory=Options)
+    chunk_size: int = 32
+
+    def run(self, instances: Iterable[Instance]) -> Iterator[list[Row]]:
+        """Yields the rows of each chunk of instances as soon as it is done."""
+        chunk: list[Instance] = []
+        for instance in instances:
+            chunk.append(instance)
+            if len(chunk) == self.chunk_size:
+                yield self.certify_chunk(chunk)
+                chunk = []
+        if chunk:
+            yield self.certify_chunk(chunk)
+
+    def certify_chunk(self, instances: list[Instance]) -> list[Row]:
+        device, dtype = self.net.device, self.net.dtype
+        owner = torch.tensor([k for k, inst in enumerate(instances) for _ in inst.props])
+        batch = PropertyBatch.stack([p for inst in instances for p in inst.props]).to(device, dtype)
+        status: list[str | None] = [None] * len(instances)
+        example: list[Tensor | None] = [None] * len(instances)
+        shared = [0.0] * len(instances)
+
+        start = time.perf_counter()
+        predicted = self._clean_check(instances, status)
+        self._share(shared, range(len(instances)), time.perf_counter() - start)
+
+        open_props = [i for i in range(len(batch)) if status[owner[i]] is None]
+        if self.attack and open_props:
+            start = time.perf_counter()
+            found, x = pgd_attack(self.net, batch[open_props], self.oracle, seed=self.seed)
+            for i, hit, point in zip(open_props, found.tolist(), x):
+                if hit and status[owner[i]] is None:
+                    status[owner[i]], example[owner[i]] = "falsified", point.cpu()
+            self._share(shared, {owner[i].item() for i in open_props}, time.perf_counter() - start)
+
+        rows = []
+        for domain in self.domains:
+            domain_status, domain_time, domain_example = list(status), list(shared), list(example)
+            self._run_domain(domain, batch, owner, domain_status, domain_time, domain_example)
+            rows += [Row(inst.index, inst.label, predicted[k], domain, domain_status[k] or "unknown",
+                         domain_time[k], domain_example[k]) for k, inst in enumerate(instances)]
+        return rows
+
+    def _clean_check(self, instances: list[Instance], status: list[str | None]) -> list[int | None]:
+        """Marks instances whose clean input violates the property; returns the predicted labels."""
+        predicted: list[int | None] = [None] * len(instances)
+        with_clean = [k for k, inst in enumerate(instances) if inst.clean is not None]
+        if not with_clean:
+            return predicted
+        x = torch.stack([instances[k].clean for k in with_clean]).to(self.net.device, self.net.dtype)
+        with torch.no_grad():
+            y = self.oracle(x) if self.oracle is not None else self.net(x)
+        specs = PropertyBatch.stack([instances[k].props[0] for k in with_clean]).to(y.device, y.dtype)
+        wrong = specs.property_margin(y) <= 0
+        for k, label, bad in zip(with_clean, y.argmax(1).tolist(), wrong.tolist()):
+            predicted[k] = label if instances[k].label is not None else None
+            if bad:
+                status[k] = "misclassified"
+        return predicted
+
+    def _run_domain(self, domain: str, batch: PropertyBatch, owner: Tensor, status: list[str | None],
+                    spent: list[float], example: list[Tensor | None]) -> None:
+        """Decides the instances still open (status None) with ``domain``, in place.
+
+        An instance is falsified if any of its disjuncts is (counterexample
+        confirmed by the oracle), certified if all are certified, else timeout
+        if any timed out, else unknown.
+        """
+        open_props = [i for i in range(len(batch)) if status[owner[i]] is None]
+        if not open_props:
+            return
+        per_property = domain in registry.PER_PROPERTY
+        verdicts: dict[int, Verdict] = {}
+        for group in ([[i] for i in open_props] if per_property else [open_props]):
+            k = owner[group[0]].item()
+            if per_property and status[k] == "falsified":
+                continue  # another disjunct already produced a counterexample
+            start = time.perf_counter()
+            deadline = time.monotonic() + self.timeout - (spent[k] if per_property else 0.0)
+            for i, verdict in zip(group, registry.run(domain, self.net, batch[group], deadline, self.options)):
+                verdicts[i] = verdict
+                if verdict.status == "falsified" and self._confirm(verdict, batch[[i]]):
+                    status[owner[i]], example[owner[i]] = "falsified", verdict.counterexample.cpu()
+            self._share(spent, {owner[i].item() for i in group}, time.perf_counter() - start)
+        for k in {owner[i].item() for i in open_props}:
+            if status[k] is not None:
+                continue
+            states = [verdicts[i].status for i in open_props if owner[i] == k and i in verdicts]
+            status[k] = ("certified" if all(s == "certified" for s in states)
+                         else "timeout" if "timeout" in states else "unknown")
+
+    def _confirm(self, verdict: Verdict, prop: PropertyBatch) -> bool:
+        """A domain's counterexample counts only if the concrete oracle agrees."""
+        x = verdict.counterexample.to(prop.lower).unsqueeze(0)
+        return bool(confirmed(prop, x, self.oracle, self.net)[0])
+
+    @staticmethod
+    def _share(spent: list[float], ks, seconds: float) -> None:
+        ks = list(ks)
+        for k in ks:
+            spent[k] += seconds / max(len(ks), 1)

@@ -1,0 +1,80 @@
+"""The one place where domain names map to verification procedures.
+
+A procedure takes the network, a batch of properties and a deadline and
+returns one :class:`Verdict` per property. Adding a domain means adding one
+function and one entry in ``DOMAINS``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from domains import box
+from domains.deeppoly import DeepPoly
+from domains.network import Network
+from verifier.spec import PropertyBatch
+
+
+@dataclass
+class Verdict:
+    status: str                           # 'certified' | 'falsified' | 'unknown' | 'timeout'
+    counterexample: Tensor | None = None  # (*input_shape), only with 'falsified'
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class Options:
+    """Knobs of the stronger domains; the CLI fills them, defaults suit small nets."""
+
+    milp_backend: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+Procedure = Callable[[Network, PropertyBatch, float, Options], list[Verdict]]
+
+
+def _from_row_bounds(batch: PropertyBatch, row_lower: Tensor) -> list[Verdict]:
+    return [Verdict("certified" if ok else "unknown") for ok in batch.certified(row_lower).tolist()]
+
+
+def verify_box(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
+    return _from_row_bounds(batch, box.bound_linear(net, batch.lower, batch.upper, batch.C))
+
+
+def verify_deeppoly(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
+    return _from_row_bounds(batch, DeepPoly(net, batch.lower, batch.upper).bound(batch.C))
+
+
+def verify_milp(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
+    from domains.milp import milp_verify
+
+    verdicts = []
+    for i in range(len(batch)):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            verdicts.append(Verdict("timeout"))
+            continue
+        result = milp_verify(net, batch.lower[i], batch.upper[i], batch.C[i], batch.d[i], batch.clause,
+                             timeout=remaining, backend=options.milp_backend)
+        verdicts.append(Verdict(result.status, result.counterexample))
+    return verdicts
+
+
+DOMAINS: dict[str, Procedure] = {
+    "box": verify_box,
+    "deeppoly": verify_deeppoly,
+    "milp": verify_milp,
+}
+
+# domains that decide one property at a time (and honour the per-property timeout inside)
+PER_PROPERTY = {"milp"}
+
+
+def run(domain: str, net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
+    with torch.no_grad():
+        return DOMAINS[domain](net, batch, deadline, options)

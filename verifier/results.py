@@ -1,0 +1,102 @@
+"""Results files (streamed JSON) and the summary table.
+
+Schema, read by other tools, keep the names::
+
+    {"meta": {command, versions, seed, model_sha256, eps, ...},
+     "results": [{"index", "label", "predicted", "domain", "status", "time_s"}, ...],
+     "summary": {domain: {n, natural, certified, falsified, unknown, timeout, misclassified,
+                          mean_time_s, total_time_s}}}
+
+The file is rewritten atomically (write, then rename) after every chunk, so a
+crash or Ctrl-C keeps everything computed so far and never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+STATUS_KEYS = ("certified", "falsified", "unknown", "timeout", "misclassified")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the interpreter and of the libraries results depend on."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("nncert", "torch", "numpy", "scipy", "onnx", "onnxruntime", "highspy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+
+def summarize(rows: list[dict], domains: list[str]) -> dict[str, dict]:
+    """Per domain counts and times over result rows (dicts in the JSON schema)."""
+    summary = {}
+    for domain in domains:
+        mine = [r for r in rows if r["domain"] == domain]
+        counts = {key: sum(r["status"] == key for r in mine) for key in STATUS_KEYS}
+        total = sum(r["time_s"] for r in mine)
+        summary[domain] = {"n": len(mine), "natural": len(mine) - counts["misclassified"], **counts,
+                           "mean_time_s": total / len(mine) if mine else 0.0, "total_time_s": total}
+    return summary
+
+
+def format_table(summary: dict[str, dict]) -> str:
+    """A plain-text table: natural / certified accuracy per domain, verdict counts, times."""
+    header = ("domain", "n", "natural", "certified", "falsified", "unknown", "timeout", "mean s", "total s")
+    lines = []
+    for domain, s in summary.items():
+        n = max(s["n"], 1)
+        lines.append((domain, str(s["n"]), f"{100 * s['natural'] / n:.1f}%",
+                      f"{s['certified']} ({100 * s['certified'] / n:.1f}%)", str(s["falsified"]),
+                      str(s["unknown"]), str(s["timeout"]), f"{s['mean_time_s']:.3f}", f"{s['total_time_s']:.1f}"))
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt.format(*header), rule, *(fmt.format(*row) for row in lines)])
+
+
+class ResultsFile:
+    """Accumulates result rows and rewrites the JSON file atomically after each addition."""
+
+    def __init__(self, path: str | os.PathLike | None, meta: dict, domains: list[str], rows: list[dict] = ()):
+        self.path = Path(path) if path is not None else None
+        self.meta, self.domains, self.rows = meta, domains, list(rows)
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows += rows
+        self.write()
+
+    @property
+    def summary(self) -> dict[str, dict]:
+        return summarize(self.rows, self.domains)
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"meta": self.meta, "results": self.rows, "summary": self.summary}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
