@@ -65,14 +65,17 @@ class DeepPoly:
         self.net, self.lower, self.upper = net, lower, upper
         self.bounds: dict[int, Bounds] = {0: (lower, upper)}
         self.upper_lines: dict[int, tuple[Tensor, Tensor]] = {}
+        self.refine_idx: dict[int, Tensor] = {}  # neurons bounded by back-substitution, fixed once chosen
+        self.pre_activations = {net.nodes[r].inputs[0] for r in net.relu_nodes}
+        self.output = len(net.nodes) - 1
 
     # -- relaxation ---------------------------------------------------------------------------------
 
     def pre_bounds(self, relu: int) -> Bounds:
         return self.bounds[self.net.nodes[relu].inputs[0]]
 
-    def lower_slope(self, start: int, relu: int) -> Tensor:
-        """Lower-line slope for ``relu`` in the back-substitution from ``start``, broadcastable to A."""
+    def lower_slope(self, start: int, relu: int, A: Tensor) -> Tensor:
+        """Lower-line slope for ``relu`` in the back-substitution of A from ``start``, broadcastable to A."""
         lo, hi = self.pre_bounds(relu)
         return min_area_lower_slope(lo, hi).unsqueeze(1)
 
@@ -80,7 +83,7 @@ class DeepPoly:
         """Lower bound of ``A . y`` by relaxed ReLU lines: A (N, K, *s) -> (A on x, const (N, K))."""
         slope_up, intercept_up = self.upper_lines[relu]
         pos, neg = A.clamp(min=0), A.clamp(max=0)
-        A_x = pos * self.lower_slope(start, relu) + neg * slope_up.unsqueeze(1)
+        A_x = pos * self.lower_slope(start, relu, A) + neg * slope_up.unsqueeze(1)
         return A_x, (neg * intercept_up.unsqueeze(1)).flatten(2).sum(-1)
 
     # -- bounds -------------------------------------------------------------------------------------
@@ -96,8 +99,10 @@ class DeepPoly:
 
     def refine(self, node: int, lo: Tensor, hi: Tensor) -> Bounds:
         """Tighter bounds for the unstable neurons of ``node`` (N, *s) by back-substitution."""
-        idx = unstable_indices(lo, hi)  # (N, K)
-        n, k = idx.shape
+        if node not in self.refine_idx:
+            self.refine_idx[node] = unstable_indices(lo, hi)
+        n, k = lo.shape[0], self.refine_idx[node].shape[1]
+        idx = self.refine_idx[node].expand(n, k)  # (N, K)
         if k == 0:
             return lo, hi
         size = lo[0].numel()
@@ -108,9 +113,17 @@ class DeepPoly:
         new_hi = hi.flatten(1).scatter(1, idx, torch.minimum(-bound[:, k:], hi.flatten(1).gather(1, idx)))
         return new_lo.view_as(lo), new_hi.view_as(hi)
 
-    def compute_intermediate_bounds(self) -> None:
-        """Bounds of every node: intervals from the tightest inputs, refined before each ReLU."""
-        pre_activations = {self.net.nodes[r].inputs[0] for r in self.net.relu_nodes}
+    def compute_intermediate_bounds(self, known: dict[int, Bounds] | None = None, refine_from: int = 1) -> None:
+        """Bounds of every node: intervals from the tightest inputs, refined before each ReLU.
+
+        ``known`` holds valid bounds of pre-activation nodes (e.g. a parent
+        subproblem's, or a previous pass's) that are intersected in; only
+        pre-activation nodes from ``refine_from`` on are refined by
+        back-substitution, earlier ones keep their interval/known bounds.
+        """
+        known = known or {}
+        self.bounds = {0: (self.lower, self.upper)}
+        self.upper_lines = {}
         for i, node in enumerate(self.net.nodes[1:], start=1):
             if isinstance(node.op, ReLU):
                 lo, hi = self.bounds[node.inputs[0]]
@@ -118,8 +131,12 @@ class DeepPoly:
                 self.bounds[i] = (torch.relu(lo), torch.relu(hi))
                 continue
             lo, hi = affine_bounds(node.op, *(self.bounds[j] for j in node.inputs))
-            if i in pre_activations:
+            if i in known:
+                lo, hi = torch.maximum(lo, known[i][0]), torch.minimum(hi, known[i][1])
+            if i in self.pre_activations and i >= refine_from:
                 lo, hi = self.refine(i, lo, hi)
+                if i in known:
+                    lo, hi = torch.maximum(lo, known[i][0]), torch.minimum(hi, known[i][1])
             self.bounds[i] = (lo, hi)
 
     def bound(self, C: Tensor) -> Tensor:
@@ -132,8 +149,7 @@ class DeepPoly:
         """
         if len(self.bounds) < len(self.net.nodes):
             self.compute_intermediate_bounds()
-        output = len(self.net.nodes) - 1
-        return torch.maximum(self.linear_lower(output, C),
+        return torch.maximum(self.linear_lower(self.output, C),
                              box_bound_linear(self.net, self.lower, self.upper, C, self.node_bounds()))
 
     def node_bounds(self) -> list[Bounds]:
@@ -143,7 +159,7 @@ class DeepPoly:
         """Lower bounds (N, K) and, per row, the input corner minimising the linear bound (N, K, *in)."""
         if len(self.bounds) < len(self.net.nodes):
             self.compute_intermediate_bounds()
-        A_in, const = self.backsubstitute(len(self.net.nodes) - 1, C)
+        A_in, const = self.backsubstitute(self.output, C)
         return const + concretize(A_in, self.lower, self.upper), argmin_on_box(A_in, self.lower, self.upper)
 
 

@@ -55,6 +55,10 @@ class Op:
         for name, t in self.tensors().items():
             setattr(self, name, t.to(device=device, dtype=dtype if t.is_floating_point() else None))
 
+    def detach(self) -> None:
+        for name, t in self.tensors().items():
+            setattr(self, name, t.detach())
+
     def __repr__(self) -> str:
         return type(self).__name__
 
@@ -298,6 +302,12 @@ class Network:
     def to(self, device=None, dtype=None) -> Network:
         for node in self.nodes:
             node.op.to(device, dtype)
+        return self
+
+    def detach(self) -> Network:
+        """Cut the parameters off torch's autograd graph (verification does not train them)."""
+        for node in self.nodes:
+            node.op.detach()
         return self
 
     def forward(self, x: Tensor, return_all: bool = False) -> Tensor | list[Tensor]:

@@ -59,8 +59,11 @@ def _randomize(model: nn.Module, g: torch.Generator) -> None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
 
 
-def random_network(seed: int, kind: str) -> tuple[nn.Module, Network]:
-    """A (torch model, IR) pair of the given kind: 'fc', 'conv' or 'residual'."""
+def random_network(seed: int, kind: str, detach: bool = False) -> tuple[nn.Module, Network]:
+    """A (torch model, IR) pair of the given kind: 'fc', 'conv' or 'residual'.
+
+    With ``detach`` the IR's tensors are cut off the model's autograd graph, as for verification.
+    """
     if kind == "fc":
         model, shape = fc_model(seed), (4,)
     elif kind == "conv":
@@ -69,4 +72,5 @@ def random_network(seed: int, kind: str) -> tuple[nn.Module, Network]:
         model, shape = residual_model(seed), (4,)
     else:
         raise ValueError(kind)
-    return model, network_from_torch(model, shape)
+    net = network_from_torch(model, shape)
+    return model, net.detach() if detach else net

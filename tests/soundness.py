@@ -34,7 +34,7 @@ def concrete_minimum(net: Network, lower: Tensor, upper: Tensor, C: Tensor, samp
     best = torch.einsum("nkj,npj->nkp", C, y).amin(-1)
     for row in range(k):
         c = C[:, row]
-        x, value = pgd_maximize(lambda x: -(net(x) * c).sum(-1), lower, upper, steps=30, step_size=0.1,
+        _, value = pgd_maximize(lambda x, c=c: -(net(x) * c).sum(-1), lower, upper, steps=30, step_size=0.1,
                                 restarts=2, generator=g)
         best[:, row] = torch.minimum(best[:, row], -value)
     return best

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from domains.network import (Add, AvgPool2d, Conv2d, ElementwiseAffine, Linear, Network, Pad, Reshape, Transpose,
-                             prepend)
+from domains.network import Add, AvgPool2d, Conv2d, ElementwiseAffine, Linear, Network, Pad, Reshape, Transpose, prepend
 
 torch.manual_seed(0)
 

@@ -1,0 +1,123 @@
+"""alpha-CROWN: DeepPoly with optimisable lower ReLU slopes (Xu et al. 2021).
+
+Any slope alpha in [0, 1] gives a valid lower line ``y >= alpha x`` for an
+unstable ReLU, so every choice yields a sound bound. Slopes are kept per
+(start node, ReLU node): one tensor (N, K, *relu_shape) for each bound being
+computed (K rows of the final spec, or the 2K rows +-x of an intermediate
+layer's refined neurons), and optimised by projected Adam on the final bound.
+Intermediate bounds are recomputed in every step with their own slopes, and
+the best bounds seen are kept (each step's bounds are valid).
+
+Subclasses add more multipliers of the final bound (beta, gamma) through
+:meth:`final_parameters` and :meth:`project`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from domains.box import Bounds
+from domains.deeppoly import DeepPoly
+
+
+def tightest(a: dict[int, Bounds], b: dict[int, Bounds]) -> dict[int, Bounds]:
+    """Node-wise intersection of two sets of valid bounds."""
+    return {i: (torch.maximum(a[i][0], b[i][0]), torch.minimum(a[i][1], b[i][1])) if i in b else a[i] for i in a}
+
+
+class AlphaDeepPoly(DeepPoly):
+    """DeepPoly whose lower slopes ``alpha[(start, relu)]`` (N, K, *s) can be optimised."""
+
+    def __init__(self, net, lower, upper):
+        super().__init__(net, lower, upper)
+        self.alpha: dict[tuple[int, int], Tensor] = {}
+        self.create_alpha = False  # while optimising, missing slopes become parameters on first use
+
+    def lower_slope(self, start: int, relu: int, A: Tensor) -> Tensor:
+        default = super().lower_slope(start, relu, A)
+        key = (start, relu)
+        if key not in self.alpha:
+            if not self.create_alpha:
+                return default
+            self.alpha[key] = default.expand(A.shape).detach().clone().requires_grad_(True)
+        lo, hi = self.pre_bounds(relu)
+        unstable = ((lo < 0) & (hi > 0)).unsqueeze(1)
+        return torch.where(unstable, self.alpha[key], default)
+
+    # -- multipliers of the final bound, (N, K, ...) each ------------------------------------------------
+
+    def final_parameters(self) -> dict[tuple, Tensor]:
+        return {("alpha", relu): a for (start, relu), a in self.alpha.items() if start == self.output}
+
+    def set_final_parameters(self, params: dict[tuple, Tensor]) -> None:
+        for (kind, relu), value in params.items():
+            if kind == "alpha":
+                self.alpha[(self.output, relu)] = value
+
+    def project(self) -> None:
+        """Back into the feasible set after a gradient step."""
+        for a in self.alpha.values():
+            a.clamp_(0.0, 1.0)
+
+    # -- optimisation -------------------------------------------------------------------------------
+
+    def optimize(self, C: Tensor, iterations: int = 20, lr: float = 0.1, intermediate: bool = True,
+                 done: Callable[[Tensor], bool] | None = None) -> Tensor:
+        """Maximise the lower bounds of ``C y`` over the multipliers; returns the best bounds (N, K).
+
+        With ``intermediate`` the slopes of the refined intermediate bounds are
+        optimised too (each pass recomputes those bounds); otherwise the
+        current intermediate bounds stay fixed and only the final bound's
+        multipliers move. The run ends early once ``done(best bounds)``.
+        Afterwards ``self.bounds`` holds the tightest
+        intermediate bounds seen and the final multipliers are the best per row.
+        """
+        best = self.bound(C).detach()  # without optimisation; also fixes the refined index sets
+        reference = dict(self.bounds)
+        best_bounds = dict(reference)
+        self.create_alpha = True
+        self.linear_lower(self.output, C)  # creates the final slopes
+        for key, value in self.final_parameters().items():
+            self.set_final_parameters({key: value.detach().clone().requires_grad_(True)})
+        best_params = {key: value.detach().clone() for key, value in self.final_parameters().items()}
+        optimizer = None
+        with torch.enable_grad():
+            for _ in range(iterations):
+                if done is not None and done(best):
+                    break
+                if intermediate:
+                    self.compute_intermediate_bounds(known=reference)
+                lb = self.linear_lower(self.output, C)
+                if optimizer is None:
+                    optimizer = torch.optim.Adam(self._parameter_groups(lr, intermediate))
+                self._keep_best(lb.detach(), best, best_params)
+                if intermediate:
+                    best_bounds = tightest(best_bounds, {i: (lo.detach(), hi.detach())
+                                                         for i, (lo, hi) in self.bounds.items()})
+                optimizer.zero_grad()
+                (-lb.sum()).backward()
+                optimizer.step()
+                with torch.no_grad():
+                    self.project()
+        self.create_alpha = False
+        self.alpha = {key: a.detach() for key, a in self.alpha.items()}
+        self.set_final_parameters(best_params)
+        if intermediate:
+            self.compute_intermediate_bounds(known=best_bounds, refine_from=len(self.net.nodes))
+        return torch.maximum(best, self.bound(C).detach())
+
+    def _parameter_groups(self, lr: float, intermediate: bool) -> list[dict]:
+        final = list(self.final_parameters().values())
+        others = [a for (start, _), a in self.alpha.items() if start != self.output] if intermediate else []
+        return [{"params": final + others, "lr": lr}]
+
+    def _keep_best(self, lb: Tensor, best: Tensor, best_params: dict[tuple, Tensor]) -> None:
+        """Row-wise: remember the bound and the final multipliers where this pass improved."""
+        improved = lb > best
+        for key, value in self.final_parameters().items():
+            mask = improved.reshape(*improved.shape, *[1] * (value.dim() - 2))
+            best_params[key] = torch.where(mask, value.detach(), best_params[key])
+        best.copy_(torch.maximum(best, lb))

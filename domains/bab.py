@@ -1,0 +1,356 @@
+"""Branch-and-bound over ReLU splits with multi-neuron constraints: MN-BaB (Ferrari et al. 2022).
+
+A subproblem restricts some unstable ReLUs to one linear piece (split s = +1:
+x >= 0, y = x; s = -1: x <= 0, y = 0). Its lower bound comes from one
+back-substitution of the property rows through the network in which
+
+- split neurons are exact (their pre-activation bounds are clamped at 0) and
+  the split constraints ``s x >= 0`` enter with multipliers beta >= 0;
+- unsplit unstable neurons use the triangle upper line and the slope alpha;
+- multi-neuron constraints ``a x + b y + c <= 0`` of groups of ReLUs (computed
+  once at the root, valid in every subproblem) enter with multipliers gamma >= 0.
+
+Every choice of (alpha, beta, gamma) gives a sound bound; they are optimised by
+projected Adam, children starting from their parent's values. Intermediate
+bounds are recomputed from the split layer on, with the root's intermediate
+slopes. Subproblems are processed in batches (one batch dimension), best-first
+from a queue kept as stacked tensors, depth-first once the queue is full.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+from domains.alpha import AlphaDeepPoly
+from domains.backsub import argmin_on_box, concretize
+from domains.box import Bounds
+
+
+@dataclass
+class LayerConstraints:
+    """Multi-neuron constraints ``a . x_G + b . y_G + c <= 0`` of one ReLU layer, shared by all subproblems.
+
+    idx: (H, k) flat neuron indices of each constraint's group; a, b: (H, k); c: (H,)
+    """
+
+    idx: Tensor
+    a: Tensor
+    b: Tensor
+    c: Tensor
+
+    def __len__(self) -> int:
+        return self.idx.shape[0]
+
+    def spread(self, gamma: Tensor, coef: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """sum_h gamma_h coef_h placed on the group's neurons: gamma (N, K, H) -> (N, K, *shape)."""
+        n, k, _ = gamma.shape
+        values = (gamma.unsqueeze(-1) * coef).reshape(n, k, -1)
+        out = gamma.new_zeros(n, k, int(torch.tensor(shape).prod()))
+        return out.index_add_(2, self.idx.reshape(-1), values).reshape(n, k, *shape)
+
+    def per_neuron(self, gamma: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """Active-constraint weight of each neuron: sum_h gamma_h (|a_h| + |b_h|): (N, K, H) -> (N, K, *shape)."""
+        return self.spread(gamma, self.a.abs() + self.b.abs(), shape)
+
+
+class SplitDeepPoly(AlphaDeepPoly):
+    """Bounds of a batch of subproblems with split (beta) and multi-neuron (gamma) multipliers."""
+
+    def __init__(self, net, lower, upper, constraints: dict[int, LayerConstraints] | None = None):
+        super().__init__(net, lower, upper)
+        self.constraints = constraints or {}
+        self.split: dict[int, Tensor] = {}  # relu -> (N, *s) in {-1, 0, +1}
+        self.beta: dict[int, Tensor] = {}  # relu -> (N, K, *s) >= 0
+        self.gamma: dict[int, Tensor] = {}  # relu -> (N, K, H) >= 0
+        self.coefficients: dict[int, Tensor] = {}  # relu -> A at its output in the last final pass
+
+    def relu_backward(self, start: int, relu: int, A: Tensor) -> tuple[Tensor, Tensor]:
+        """As DeepPoly, plus gamma * (a x + b y + c) <= 0 and -beta * s x <= 0 in the final bound."""
+        if start != self.output:
+            return super().relu_backward(start, relu, A)
+        shape = self.net.shapes[relu]
+        cons, gamma = self.constraints.get(relu), self.gamma.get(relu)
+        if gamma is not None:
+            A = A + cons.spread(gamma, cons.b.to(A), shape)
+        self.coefficients[relu] = A.detach()
+        A_x, const = super().relu_backward(start, relu, A)
+        if gamma is not None:
+            A_x = A_x + cons.spread(gamma, cons.a.to(A), shape)
+            const = const + gamma @ cons.c.to(A)
+        if relu in self.beta:
+            A_x = A_x - self.beta[relu] * self.split[relu].unsqueeze(1)
+        return A_x, const
+
+    def final_parameters(self) -> dict[tuple, Tensor]:
+        params = super().final_parameters()
+        params.update({("beta", relu): b for relu, b in self.beta.items()})
+        params.update({("gamma", relu): g for relu, g in self.gamma.items()})
+        return params
+
+    def set_final_parameters(self, params: dict[tuple, Tensor]) -> None:
+        super().set_final_parameters(params)
+        for (kind, relu), value in params.items():
+            if kind in ("beta", "gamma"):
+                getattr(self, kind)[relu] = value
+
+    def project(self) -> None:
+        super().project()
+        for t in (*self.beta.values(), *self.gamma.values()):
+            t.clamp_(min=0.0)
+
+
+@dataclass
+class Subproblems:
+    """A batch of subproblems as stacked tensors; every field has the batch as its first dim.
+
+    bounds: pre-activation node -> (lo, hi) (N, *s); split, alpha, beta, gamma: relu node ->
+    (N, *s) / (N, K, *s) / (N, K, *s) / (N, K, H); lower: (N, K) row bounds; depth: (N,).
+    """
+
+    bounds: dict[int, Bounds]
+    split: dict[int, Tensor]
+    alpha: dict[int, Tensor]
+    beta: dict[int, Tensor]
+    gamma: dict[int, Tensor]
+    lower: Tensor
+    depth: Tensor
+    score: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) branching scores
+
+    def __len__(self) -> int:
+        return self.lower.shape[0]
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> Subproblems:
+        def apply(value):
+            if isinstance(value, dict):
+                return {k: (fn(v[0]), fn(v[1])) if isinstance(v, tuple) else fn(v) for k, v in value.items()}
+            return fn(value)
+
+        return Subproblems(**{f.name: apply(getattr(self, f.name)) for f in fields(self)})
+
+    def select(self, index: Tensor) -> Subproblems:
+        return self._map(lambda t: t[index])
+
+    def repeat(self, times: int) -> Subproblems:
+        return self._map(lambda t: t.repeat(times, *[1] * (t.dim() - 1)))
+
+    @staticmethod
+    def cat(parts: list[Subproblems]) -> Subproblems:
+        return _zip_map(torch.cat, parts)
+
+
+def _zip_map(fn: Callable[[list[Tensor]], Tensor], parts: list[Subproblems]) -> Subproblems:
+    """Combine corresponding tensors of several Subproblems with ``fn``."""
+    out = {}
+    for f in fields(Subproblems):
+        values = [getattr(p, f.name) for p in parts]
+        if isinstance(values[0], dict):
+            out[f.name] = {k: (fn([v[k][0] for v in values]), fn([v[k][1] for v in values]))
+                           if isinstance(values[0][k], tuple) else fn([v[k] for v in values]) for k in values[0]}
+        else:
+            out[f.name] = fn(values)
+    return Subproblems(**out)
+
+
+class Pool:
+    """Open subproblems in preallocated storage: pushing and popping cost O(batch), not O(queue)."""
+
+    def __init__(self, like: Subproblems, d: Tensor):
+        self.d = d
+        self.store = like.select(torch.zeros(0, dtype=torch.long, device=like.lower.device))
+        self.valid = torch.zeros(0, dtype=torch.bool, device=like.lower.device)
+
+    def __len__(self) -> int:
+        return int(self.valid.sum())
+
+    def push(self, sub: Subproblems) -> None:
+        free = torch.nonzero(~self.valid).flatten()
+        if len(free) < len(sub):
+            grow = max(len(sub) - len(free), len(self.valid))
+            self.store = Subproblems.cat([self.store, sub.select(torch.zeros(grow, dtype=torch.long,
+                                                                               device=self.valid.device))])
+            self.valid = torch.cat([self.valid, torch.zeros(grow, dtype=torch.bool, device=self.valid.device)])
+            free = torch.nonzero(~self.valid).flatten()
+        slots = free[:len(sub)]
+        _zip_map(lambda ts: ts[0].index_copy_(0, slots, ts[1]), [self.store, sub])
+        self.valid[slots] = True
+
+    def pop(self, k: int, depth_first: bool) -> Subproblems:
+        """The k open subproblems with the lowest bound (or the deepest ones)."""
+        if depth_first:
+            key = -self.store.depth.float()
+        else:
+            key = (self.store.lower - self.d).max(1).values
+        key = torch.where(self.valid, key, torch.full_like(key, torch.inf))
+        idx = torch.topk(key, min(k, len(self)), largest=False).indices
+        self.valid[idx] = False
+        return self.store.select(idx)
+
+
+@dataclass
+class BaBConfig:
+    batch_size: int = 64  # subproblems bounded together (children count twice)
+    iterations: int = 10  # optimisation steps per batch of children
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    branching: str = "acs"  # 'acs' (MN-BaB's active-constraint score, BaBSR fallback) or 'babsr'
+    max_queue: int = 20000  # beyond this many open subproblems, go depth-first
+    max_depth: int = 200
+    recompute_intermediate: bool = True  # refine the bounds of layers after the split (else only clamp)
+
+
+@dataclass
+class BaBResult:
+    status: str  # 'certified' | 'falsified' | 'timeout' | 'unknown'
+    counterexample: Tensor | None = None
+    stats: dict = field(default_factory=dict)
+
+
+class BranchAndBound:
+    """Branch-and-bound for one clause of one property: rows C (1, K, n_out), d (1, K).
+
+    The clause is excluded from a subproblem once some row has ``C y > d`` on
+    all of it; ``is_counterexample`` (B, *in) -> (B,) decides candidate inputs.
+    """
+
+    def __init__(self, root: SplitDeepPoly, C: Tensor, d: Tensor, config: BaBConfig,
+                 is_counterexample: Callable[[Tensor], Tensor], deadline: float):
+        self.root, self.C, self.d, self.config = root, C, d, config
+        self.is_counterexample = is_counterexample
+        self.deadline = deadline
+        self.net = root.net
+        self.relus = root.net.relu_nodes
+        self.pre = {r: root.net.nodes[r].inputs[0] for r in self.relus}
+        self.stats = {"subproblems": 0, "batches": 0, "max_queue": 0, "pruned_infeasible": 0}
+
+    # -- bounding ---------------------------------------------------------------------------------
+
+    def bound(self, sub: Subproblems, refine_from: int, iterations: int) -> tuple[Subproblems, Tensor, Tensor]:
+        """Recompute intermediate bounds from ``refine_from`` and optimise the final multipliers.
+
+        Returns the updated subproblems, a feasibility mask (N,) and the
+        candidate inputs (N, K, *in) that minimise each row's linear bound.
+        """
+        n = len(sub)
+        lower = self.root.lower.expand(n, *self.root.lower.shape[1:])
+        upper = self.root.upper.expand(n, *self.root.upper.shape[1:])
+        dp = SplitDeepPoly(self.net, lower, upper, self.root.constraints)
+        dp.refine_idx = self.root.refine_idx
+        dp.alpha = {key: a for key, a in self.root.alpha.items() if key[0] != dp.output}
+        dp.alpha.update({(dp.output, r): a for r, a in sub.alpha.items()})
+        dp.split, dp.beta, dp.gamma = sub.split, sub.beta, sub.gamma
+        with torch.no_grad():
+            dp.compute_intermediate_bounds(known=sub.bounds, refine_from=refine_from)
+        feasible = torch.ones(n, dtype=torch.bool, device=lower.device)
+        for node in self.pre.values():
+            lo, hi = dp.bounds[node]
+            feasible &= (lo <= hi).flatten(1).all(1)
+        C = self.C.expand(n, *self.C.shape[1:])
+        d = self.d.expand(n, -1)
+        row_lower = dp.optimize(C, iterations=iterations, lr=self.config.lr_alpha, intermediate=False,
+                                done=lambda best: bool(((best - d).max(1).values > 0).all()))
+        with torch.no_grad():
+            A_in, const = dp.backsubstitute(dp.output, C)  # records the coefficients for branching
+            candidates = argmin_on_box(A_in, lower, upper)
+            row_lower = torch.maximum(row_lower, const + concretize(A_in, lower, upper))
+        params = dp.final_parameters()
+        new = Subproblems(
+            bounds={node: dp.bounds[node] for node in self.pre.values()}, split=sub.split,
+            alpha={r: params[("alpha", r)] for r in self.relus if ("alpha", r) in params} or sub.alpha,
+            beta={r: params[("beta", r)] for r in sub.beta}, gamma={r: params[("gamma", r)] for r in sub.gamma},
+            lower=row_lower, depth=sub.depth, score=self.scores(dp))
+        return new, feasible, candidates
+
+    def scores(self, dp: SplitDeepPoly) -> dict[int, Tensor]:
+        """Branching score of every neuron (N, n); zero for stable or split neurons."""
+        out = {}
+        for r in self.relus:
+            lo, hi = (t.flatten(1) for t in dp.bounds[self.pre[r]])
+            unstable = (lo < 0) & (hi > 0)
+            A = dp.coefficients[r].flatten(2)  # (N, K, n)
+            intercept = torch.where(unstable, -lo * hi / (hi - lo).clamp_min(1e-12), torch.zeros_like(lo))
+            babsr = (A.clamp(max=0).neg() * intercept.unsqueeze(1)).sum(1)
+            score = babsr
+            if self.config.branching == "acs" and r in dp.gamma:
+                active = dp.constraints[r].per_neuron(dp.gamma[r], self.net.shapes[r]).flatten(2).sum(1)
+                score = torch.where(active.amax(1, keepdim=True) > 1e-6, active, babsr)
+            # tie-break (and fallback when every direct effect vanishes) by relaxation width
+            out[r] = torch.where(unstable, score + 1e-6 * intercept, torch.full_like(score, -1.0))
+        return out
+
+    # -- branching ---------------------------------------------------------------------------------
+
+    def branch(self, sub: Subproblems) -> tuple[Subproblems, int]:
+        """Two children per subproblem, splitting its best-scored neuron; returns them and the earliest split node."""
+        flat = torch.cat([sub.score[r] for r in self.relus], dim=1)  # (N, total)
+        sizes = [sub.score[r].shape[1] for r in self.relus]
+        best = flat.argmax(1)
+        offsets = torch.tensor([0, *sizes], device=best.device).cumsum(0)
+        layer = torch.searchsorted(offsets[1:], best, right=True)  # (N,) index into self.relus
+        children = sub.repeat(2)
+        n = len(sub)
+        sign = torch.cat([-torch.ones(n, dtype=torch.int8), torch.ones(n, dtype=torch.int8)]).to(best.device)
+        layer2, index2 = layer.repeat(2), (best - offsets[layer]).repeat(2)
+        for li, r in enumerate(self.relus):
+            rows = torch.nonzero(layer2 == li).flatten()
+            if len(rows) == 0:
+                continue
+            cols = index2[rows]
+            split = children.split[r].flatten(1).clone()
+            split[rows, cols] = sign[rows]
+            children.split[r] = split.view_as(children.split[r])
+            lo, hi = (t.flatten(1).clone() for t in children.bounds[self.pre[r]])
+            active = sign[rows] > 0
+            lo[rows[active], cols[active]] = lo[rows[active], cols[active]].clamp(min=0.0)
+            hi[rows[~active], cols[~active]] = hi[rows[~active], cols[~active]].clamp(max=0.0)
+            shape = children.bounds[self.pre[r]][0].shape
+            children.bounds[self.pre[r]] = (lo.view(shape), hi.view(shape))
+        children.depth = children.depth + 1
+        first = min(self.pre[self.relus[li]] for li in layer.unique().tolist())
+        return children, first + 1
+
+    # -- search ------------------------------------------------------------------------------------
+
+    def run(self, root: Subproblems) -> BaBResult:
+        """Search until every subproblem is certified, a counterexample is found, or the deadline passes.
+
+        A subproblem is done when some row's lower bound exceeds its d (the
+        clause is excluded there) or its region is empty.
+        """
+        queue = Pool(root, self.d)
+        queue.push(root)
+        while len(queue):
+            self.stats["max_queue"] = max(self.stats["max_queue"], len(queue))
+            if time.monotonic() > self.deadline:
+                return BaBResult("timeout", stats=self.stats)
+            batch = queue.pop(self.config.batch_size, depth_first=len(queue) > self.config.max_queue)
+            branchable = torch.cat(list(batch.score.values()), 1).amax(1) >= 0
+            if not bool(branchable.all()) or int(batch.depth.max()) >= self.config.max_depth:
+                return BaBResult("unknown", stats=self.stats)  # fully split (or too deep) but undecided
+            children, refine_from = self.branch(batch)
+            if not self.config.recompute_intermediate:
+                refine_from = len(self.net.nodes)
+            children, feasible, candidates = self.bound(children, refine_from, self.config.iterations)
+            self.stats["subproblems"] += len(children)
+            self.stats["batches"] += 1
+            found = self.check(candidates, feasible)
+            if found is not None:
+                return BaBResult("falsified", found, self.stats)
+            margin = (children.lower - self.d).max(1).values
+            self.stats["pruned_infeasible"] += int((~feasible).sum())
+            keep = feasible & (margin <= 0)
+            if bool(keep.any()):
+                queue.push(children.select(keep))
+        return BaBResult("certified", stats=self.stats)
+
+    def check(self, candidates: Tensor, feasible: Tensor) -> Tensor | None:
+        """A candidate input (from the bound's minimiser) that concretely violates the clause, if any."""
+        flat = candidates[feasible].reshape(-1, *candidates.shape[2:])
+        if len(flat) == 0:
+            return None
+        hits = self.is_counterexample(flat)
+        return flat[hits][0] if bool(hits.any()) else None
