@@ -115,11 +115,18 @@ class PropertyBatch:
 
     @classmethod
     def stack(cls, props: list[Property]) -> PropertyBatch:
+        """Stack properties; differing clause structures are padded to a common one.
+
+        Padding never changes a property: a padded row ``0 . y <= 1`` is always
+        true (a conjunction keeps its meaning) and a padded clause made of rows
+        ``0 . y <= -1`` is never satisfied (a disjunction keeps its meaning).
+        """
         clause = props[0].output.clause
-        if any(not torch.equal(p.output.clause, clause) for p in props):
-            raise SpecError("properties of one batch must share their clause structure")
+        outputs = [p.output for p in props]
+        if any(not torch.equal(o.clause, clause) for o in outputs):
+            outputs, clause = _common_structure(outputs)
         return cls(torch.stack([p.lower for p in props]), torch.stack([p.upper for p in props]),
-                   torch.stack([p.output.C for p in props]), torch.stack([p.output.d for p in props]), clause)
+                   torch.stack([o.C for o in outputs]), torch.stack([o.d for o in outputs]), clause)
 
     def __getitem__(self, index) -> PropertyBatch:
         index = [index] if isinstance(index, int) else index
@@ -134,8 +141,11 @@ class PropertyBatch:
         return int(self.clause.max().item()) + 1
 
     def row_margins(self, y: Tensor) -> Tensor:
-        """``C y - d`` for outputs y (N, n_out) -> (N, m)."""
-        return torch.einsum("nmo,no->nm", self.C.to(y), y) - self.d.to(y)
+        """``C y - d`` for outputs y (N, n_out) -> (N, m); a batch of one property applies to every y."""
+        C, d = self.C.to(y), self.d.to(y)
+        if C.shape[0] == 1:
+            C, d = C.expand(len(y), -1, -1), d.expand(len(y), -1)
+        return torch.einsum("nmo,no->nm", C, y) - d
 
     def clause_margins(self, rows: Tensor) -> Tensor:
         """Best row per clause: (N, m) -> (N, n_clauses). Positive = clause excluded."""
@@ -149,3 +159,23 @@ class PropertyBatch:
     def certified(self, row_lower: Tensor) -> Tensor:
         """Given lower bounds of ``C y`` (N, m): True where every clause has a row provably > d."""
         return (self.clause_margins(row_lower - self.d.to(row_lower)) > 0).all(1)
+
+
+def _common_structure(outputs: list[OutputSpec]) -> tuple[list[OutputSpec], Tensor]:
+    """Pad every spec to the same number of clauses with the same number of rows each."""
+    n_clauses = max(o.n_clauses for o in outputs)
+    n_rows = max(int(torch.bincount(o.clause).max()) for o in outputs)
+    clause = torch.arange(n_clauses).repeat_interleave(n_rows)
+    padded = []
+    for o in outputs:
+        C = o.C.new_zeros(n_clauses * n_rows, o.C.shape[1])
+        d = o.d.new_full((n_clauses * n_rows,), -1.0)  # rows of missing clauses: never satisfied
+        for k in range(n_clauses):
+            rows = torch.nonzero(o.clause == k).flatten()
+            slots = slice(k * n_rows, (k + 1) * n_rows)
+            if len(rows):
+                d[slots] = 1.0  # rows missing from an existing clause: always satisfied
+                C[k * n_rows:k * n_rows + len(rows)] = o.C[rows]
+                d[k * n_rows:k * n_rows + len(rows)] = o.d[rows]
+        padded.append(OutputSpec(C, d, clause))
+    return padded, clause

@@ -18,10 +18,11 @@ from torch import nn
 
 from domains.from_torch import Normalize
 from domains.network import AvgPool2d, Conv2d, ElementwiseAffine, Linear, Pad, ReLU, Reshape, Transpose
+from tests.paths import vnncomp_dir
 from verifier import onnx_import
 from verifier.onnx_import import OnnxImportError, OnnxModel, load_onnx
 
-VNNCOMP = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "vnncomp"
+VNNCOMP = vnncomp_dir() or Path("/nonexistent")
 RNG = np.random.default_rng(1234)
 
 

@@ -1,0 +1,66 @@
+"""alpha-CROWN: sound for every slope choice, never worse than DeepPoly after optimisation."""
+
+import pytest
+import torch
+
+from domains.alpha import AlphaDeepPoly
+from domains.deeppoly import DeepPoly
+from tests.random_nets import random_network
+from tests.soundness import concrete_minimum
+
+KINDS = ["fc", "conv", "residual"]
+
+
+def _region(net, seed, n=2, eps=0.15):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *net.input_shape, generator=g)
+    C = torch.randn(n, 3, *net.output_shape, generator=g)
+    return x - eps, x + eps, C
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_optimised_bound_sound_and_at_least_deeppoly(kind, seed):
+    _, net = random_network(seed, kind, detach=True)
+    lower, upper, C = _region(net, seed)
+    deeppoly = DeepPoly(net, lower, upper).bound(C)
+    alpha = AlphaDeepPoly(net, lower, upper)
+    optimised = alpha.optimize(C, iterations=15)
+    assert (optimised >= deeppoly - 1e-6).all()
+    assert (optimised <= concrete_minimum(net, lower, upper, C, seed=seed) + 1e-5).all()
+    # the intermediate bounds kept after optimisation are sound too
+    points = lower + (upper - lower) * torch.rand(300, *lower.shape)
+    with torch.no_grad():
+        values = [net(p, return_all=True) for p in points]
+    for i, (lo, hi) in alpha.bounds.items():
+        v = torch.stack([vals[i] for vals in values])
+        assert (v >= lo - 1e-5).all() and (v <= hi + 1e-5).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_random_slopes_are_sound(kind):
+    """Any alpha in [0, 1], for intermediate and final bounds alike, gives a valid bound."""
+    _, net = random_network(7, kind, detach=True)
+    lower, upper, C = _region(net, 7)
+    reference = concrete_minimum(net, lower, upper, C, seed=7)
+    for trial in range(5):
+        alpha = AlphaDeepPoly(net, lower, upper)
+        alpha.create_alpha = True
+        g = torch.Generator().manual_seed(trial)
+        alpha.compute_intermediate_bounds()
+        alpha.linear_lower(alpha.output, C)
+        for key in alpha.alpha:
+            alpha.alpha[key] = torch.rand(alpha.alpha[key].shape, generator=g)
+        alpha.create_alpha = False
+        alpha.compute_intermediate_bounds()
+        assert (alpha.linear_lower(alpha.output, C) <= reference + 1e-5).all()
+
+
+def test_optimisation_improves_somewhere():
+    gains = []
+    for seed in range(3):
+        _, net = random_network(seed, "conv", detach=True)
+        lower, upper, C = _region(net, seed)
+        gains.append((AlphaDeepPoly(net, lower, upper).optimize(C, iterations=15)
+                      - DeepPoly(net, lower, upper).bound(C)).max())
+    assert max(gains) > 1e-2

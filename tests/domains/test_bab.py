@@ -1,0 +1,94 @@
+"""Branch-and-bound pieces: split bounds with beta/gamma are sound on the split region; queue order."""
+
+import pytest
+import torch
+
+from domains.bab import LayerConstraints, Pool, SplitDeepPoly, Subproblems
+from tests.random_nets import random_network
+
+
+def _split_region_points(net, lower, upper, split, n=20000, seed=0):
+    """Random inputs whose pre-activations respect every split sign (s x >= 0)."""
+    g = torch.Generator().manual_seed(seed)
+    points = lower + (upper - lower) * torch.rand(n, *lower.shape[1:], generator=g)
+    with torch.no_grad():
+        values = net(points, return_all=True)
+    keep = torch.ones(n, dtype=torch.bool)
+    for relu, s in split.items():
+        pre = values[net.nodes[relu].inputs[0]].flatten(1)
+        keep &= ((pre * s.flatten(1).float()) >= 0).all(1)
+    return points[keep]
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
+@pytest.mark.parametrize("seed", range(4))
+def test_split_bound_with_any_multipliers_is_sound(kind, seed):
+    _, net = random_network(seed, kind, detach=True)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, *net.input_shape, generator=g)
+    lower, upper = x - 0.2, x + 0.2
+    C = torch.randn(1, 2, *net.output_shape, generator=g)
+    dp = SplitDeepPoly(net, lower, upper)
+    dp.compute_intermediate_bounds()
+    # split a few unstable neurons per layer the way a random point of the box activates them (so the
+    # split region is not empty), clamping their bounds like the branching does
+    with torch.no_grad():
+        witness = net(lower + (upper - lower) * torch.rand(lower.shape, generator=g), return_all=True)
+    known = {}
+    for relu in net.relu_nodes:
+        pre = net.nodes[relu].inputs[0]
+        lo, hi = (t.flatten(1).clone() for t in dp.bounds[pre])
+        unstable = torch.nonzero((lo[0] < 0) & (hi[0] > 0)).flatten()[:2]
+        s = torch.zeros_like(lo, dtype=torch.int8)
+        s[0, unstable] = torch.where(witness[pre].flatten(1)[0, unstable] < 0, -1, 1).to(torch.int8)
+        lo = torch.where(s > 0, lo.clamp(min=0), lo)
+        hi = torch.where(s < 0, hi.clamp(max=0), hi)
+        shape = dp.bounds[pre][0].shape
+        known[pre] = (lo.view(shape), hi.view(shape))
+        dp.split[relu] = s.view(1, *net.shapes[relu])
+        dp.beta[relu] = torch.rand(1, 2, *net.shapes[relu], generator=g) * (s != 0).view(1, 1, *net.shapes[relu])
+        # a valid multi-neuron constraint: y_i - x_i >= 0 for the first neuron, written as x - y <= 0
+        dp.constraints[relu] = LayerConstraints(torch.tensor([[0]]), torch.tensor([[1.0]]), torch.tensor([[-1.0]]),
+                                                torch.tensor([0.0]))
+        dp.gamma[relu] = torch.rand(1, 2, 1, generator=g)
+    dp.compute_intermediate_bounds(known=known)
+    dp.create_alpha = True
+    dp.linear_lower(dp.output, C)
+    for key in list(dp.alpha):
+        dp.alpha[key] = torch.rand(dp.alpha[key].shape, generator=g)
+    dp.create_alpha = False
+    bound = dp.linear_lower(dp.output, C)
+    points = _split_region_points(net, lower, upper, dp.split, seed=seed)
+    assert len(points) > 0
+    with torch.no_grad():
+        values = torch.einsum("kj,pj->kp", C[0], net(points)).min(1).values
+    assert (bound[0] <= values + 1e-5).all()
+
+
+def _subproblems(lower_values, depths):
+    n = len(lower_values)
+    return Subproblems(bounds={1: (torch.zeros(n, 3), torch.ones(n, 3))}, split={2: torch.zeros(n, 3)},
+                       alpha={2: torch.zeros(n, 1, 3)}, beta={2: torch.zeros(n, 1, 3)}, gamma={},
+                       lower=torch.tensor(lower_values).reshape(n, 1), depth=torch.tensor(depths))
+
+
+def test_pool_pops_lowest_bound_first_and_deepest_when_asked():
+    first = _subproblems([-1.0, -5.0, -3.0], [1, 2, 3])
+    pool = Pool(first, torch.zeros(1, 1))
+    pool.push(first)
+    pool.push(_subproblems([-4.0, -0.5], [7, 4]))
+    assert len(pool) == 5
+    assert sorted(pool.pop(2, depth_first=False).lower.flatten().tolist()) == [-5.0, -4.0]
+    assert pool.pop(1, depth_first=True).depth.tolist() == [4]
+    assert sorted(pool.pop(5, depth_first=False).lower.flatten().tolist()) == [-3.0, -1.0]
+    assert len(pool) == 0
+    pool.push(_subproblems([-2.0], [0]))  # reuses freed slots
+    assert len(pool) == 1 and pool.pop(1, depth_first=False).lower.item() == -2.0
+
+
+def test_layer_constraints_spread_matches_dense_sum():
+    cons = LayerConstraints(torch.tensor([[0, 2], [1, 2]]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+                            torch.tensor([[-1.0, 0.5], [0.0, -2.0]]), torch.tensor([0.1, 0.2]))
+    gamma = torch.tensor([[[1.0, 10.0]]])
+    assert torch.allclose(cons.spread(gamma, cons.a, (3,)), torch.tensor([[[1.0, 30.0, 42.0]]]))
+    assert torch.allclose(cons.per_neuron(gamma, (3,)), torch.tensor([[[2.0, 30.0, 62.5]]]))
