@@ -248,11 +248,16 @@ class _Encoding:
                         p.integer, p.cost, p.n_inputs)
 
 
-def _encode(net: Network, lower: Tensor, upper: Tensor) -> _Encoding:
-    """MILP encoding of a float64 network on the box [lower, upper] (*input_shape)."""
+def _encode(net: Network, lower: Tensor, upper: Tensor, known: dict | None = None) -> _Encoding:
+    """MILP encoding of a float64 network on the box [lower, upper] (*input_shape).
+
+    ``known`` optionally adds valid pre-activation bounds (node -> (lo, hi), each (1, *s)),
+    e.g. those of a branch-and-bound subproblem; they are intersected with DeepPoly's.
+    """
     lo_in, hi_in = (b.reshape(1, *net.input_shape).double().cpu() for b in (lower, upper))
     dp = DeepPoly(net, lo_in, hi_in)
-    dp.compute_intermediate_bounds()
+    known = {i: (lo.double().cpu(), hi.double().cpu()) for i, (lo, hi) in (known or {}).items()}
+    dp.compute_intermediate_bounds(known=known)
     builder = _Builder()
     x = builder.add_vars(lo_in.reshape(-1).numpy(), hi_in.reshape(-1).numpy())
     exprs = {0: (builder.select(x), np.zeros(len(x)))}
@@ -299,6 +304,9 @@ def _solve_highs(p: _Problem, time_limit: float | None, decide: bool) -> _Soluti
         h.cbMipInterrupt.subscribe(_stop_when_decided)
     h.run()
     status, info = h.getModelStatus(), h.getInfo()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        # the (widened, hence valid) constraints admit no input at all: nothing reaches the unsafe set
+        return _Solution(False, math.inf, None, None)
     timed_out = status == highspy.HighsModelStatus.kTimeLimit
     if not timed_out and status not in _HIGHS_DONE:
         raise RuntimeError(f"HiGHS failed on the MILP encoding: {h.modelStatusToString(status)}")
@@ -330,6 +338,8 @@ def _solve_gurobi(p: _Problem, time_limit: float | None, decide: bool) -> _Solut
             if time_limit is not None:
                 m.Params.TimeLimit = max(time_limit, 0.0)
             m.optimize()
+            if m.Status == GRB.INFEASIBLE:  # as for HiGHS: no input satisfies the valid constraints
+                return _Solution(False, math.inf, None, None)
             if m.Status not in (GRB.OPTIMAL, GRB.TIME_LIMIT, GRB.USER_OBJ_LIMIT):
                 raise RuntimeError(f"Gurobi failed on the MILP encoding: status {m.Status}")
             found = m.SolCount > 0
@@ -411,7 +421,8 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 def milp_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tensor, clause: Tensor,
-                timeout: float | None = None, backend: str = "auto", exact: bool = False) -> MilpResult:
+                timeout: float | None = None, backend: str = "auto", exact: bool = False,
+                known: dict | None = None) -> MilpResult:
     """Decide the property: unsafe iff some clause k has ``C_j y <= d_j`` for all rows j with clause[j] == k.
 
     lower, upper: the input box (*input_shape). C (m, n_out), d (m,), clause (m,) long.
@@ -423,13 +434,14 @@ def milp_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tensor
     proven safe before its time runs out still counts. ``backend``: 'auto'
     (Gurobi if installed and licensed for the model, else HiGHS), 'highs' or
     'gurobi' (raises BackendUnavailable without gurobipy; falls back to HiGHS
-    when the licence refuses the model). Tolerances: see the module docstring.
+    when the licence refuses the model). ``known``: extra valid pre-activation
+    bounds, see :func:`_encode`. Tolerances: see the module docstring.
     """
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     backends = _backends(backend)
     net64 = _float64_copy(net)
-    encoding = _encode(net64, lower, upper)
+    encoding = _encode(net64, lower, upper, known)
     C64, d64, clause = C.detach().double().cpu(), d.detach().double().cpu(), clause.cpu()
     bounds, undecided, used = [], None, backends[0]
     for k in _clause_order(net64, lower, upper, C64, d64, clause):
