@@ -29,6 +29,7 @@ from torch import Tensor
 from domains.alpha import AlphaDeepPoly
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
+from domains.pgd import pgd_maximize
 
 
 @dataclass
@@ -196,11 +197,13 @@ class BaBConfig:
     batch_size: int = 64  # subproblems bounded together (children count twice)
     iterations: int = 10  # optimisation steps per batch of children
     lr_alpha: float = 0.1
-    lr_beta: float = 0.05
     branching: str = "acs"  # 'acs' (MN-BaB's active-constraint score, BaBSR fallback) or 'babsr'
     max_queue: int = 20000  # beyond this many open subproblems, go depth-first
-    max_depth: int = 200
+    max_depth: int = 1000  # a guard: fully split subproblems are solved exactly before this
     recompute_intermediate: bool = True  # refine the bounds of layers after the split (else only clamp)
+    fsb_candidates: int = 1  # filtered smart branching: candidates tried per split (1 = take the best score)
+    attack_seeds: int = 8  # per batch, bound minimisers refined by PGD into counterexample candidates
+    attack_steps: int = 10
 
 
 @dataclass
@@ -229,41 +232,60 @@ class BranchAndBound:
 
     # -- bounding ---------------------------------------------------------------------------------
 
+    def domain(self, sub: Subproblems) -> SplitDeepPoly:
+        """The bounding problem of a batch: its input box, multipliers and constraints (bounds not computed)."""
+        n = len(sub)
+        lower = self.root.lower.expand(n, *self.root.lower.shape[1:])
+        upper = self.root.upper.expand(n, *self.root.upper.shape[1:])
+        dp = SplitDeepPoly(self.net, lower, upper, self.root.constraints)
+        # intermediate bounds use default slopes on each child's own unstable neurons and are intersected
+        # with the parent's (alpha-optimised) bounds; only the final bound has per-subproblem multipliers
+        dp.alpha = {(dp.output, r): a for r, a in sub.alpha.items()}
+        dp.split, dp.beta, dp.gamma = sub.split, sub.beta, sub.gamma
+        return dp
+
     def bound(self, sub: Subproblems, refine_from: int, iterations: int) -> tuple[Subproblems, Tensor, Tensor]:
         """Recompute intermediate bounds from ``refine_from`` and optimise the final multipliers.
 
         Returns the updated subproblems, a feasibility mask (N,) and the
         candidate inputs (N, K, *in) that minimise each row's linear bound.
         """
-        n = len(sub)
-        lower = self.root.lower.expand(n, *self.root.lower.shape[1:])
-        upper = self.root.upper.expand(n, *self.root.upper.shape[1:])
-        dp = SplitDeepPoly(self.net, lower, upper, self.root.constraints)
-        dp.refine_idx = self.root.refine_idx
-        dp.alpha = {key: a for key, a in self.root.alpha.items() if key[0] != dp.output}
-        dp.alpha.update({(dp.output, r): a for r, a in sub.alpha.items()})
-        dp.split, dp.beta, dp.gamma = sub.split, sub.beta, sub.gamma
+        dp = self.domain(sub)
         with torch.no_grad():
             dp.compute_intermediate_bounds(known=sub.bounds, refine_from=refine_from)
-        feasible = torch.ones(n, dtype=torch.bool, device=lower.device)
-        for node in self.pre.values():
-            lo, hi = dp.bounds[node]
-            feasible &= (lo <= hi).flatten(1).all(1)
-        C = self.C.expand(n, *self.C.shape[1:])
-        d = self.d.expand(n, -1)
+        C, d = self.C.expand(len(sub), *self.C.shape[1:]), self.d.expand(len(sub), -1)
         row_lower = dp.optimize(C, iterations=iterations, lr=self.config.lr_alpha, intermediate=False,
                                 done=lambda best: bool(((best - d).max(1).values > 0).all()))
         with torch.no_grad():
             A_in, const = dp.backsubstitute(dp.output, C)  # records the coefficients for branching
-            candidates = argmin_on_box(A_in, lower, upper)
-            row_lower = torch.maximum(row_lower, const + concretize(A_in, lower, upper))
+            candidates = argmin_on_box(A_in, dp.lower, dp.upper)
+            # a child's region lies inside its parent's: the parent's bound holds too
+            row_lower = torch.maximum(torch.maximum(row_lower, const + concretize(A_in, dp.lower, dp.upper)),
+                                      sub.lower)
         params = dp.final_parameters()
         new = Subproblems(
             bounds={node: dp.bounds[node] for node in self.pre.values()}, split=sub.split,
             alpha={r: params[("alpha", r)] for r in self.relus if ("alpha", r) in params} or sub.alpha,
             beta={r: params[("beta", r)] for r in sub.beta}, gamma={r: params[("gamma", r)] for r in sub.gamma},
             lower=row_lower, depth=sub.depth, score=self.scores(dp))
-        return new, feasible, candidates
+        return new, self.feasible(dp), candidates
+
+    def feasible(self, dp: SplitDeepPoly) -> Tensor:
+        """False for subproblems whose bounds cross somewhere: their region is empty (N,)."""
+        ok = torch.ones(dp.lower.shape[0], dtype=torch.bool, device=dp.lower.device)
+        for node in self.pre.values():
+            lo, hi = dp.bounds[node]
+            ok &= (lo <= hi).flatten(1).all(1)
+        return ok
+
+    def quick_margin(self, sub: Subproblems) -> Tensor:
+        """Clause margin (N,) from one back-substitution with the current multipliers and clamped bounds."""
+        dp = self.domain(sub)
+        with torch.no_grad():
+            dp.compute_intermediate_bounds(known=sub.bounds, refine_from=len(self.net.nodes))
+            rows = dp.linear_lower(dp.output, self.C.expand(len(sub), *self.C.shape[1:]))
+        margin = (rows - self.d).max(1).values
+        return torch.where(self.feasible(dp), margin, torch.full_like(margin, torch.inf))
 
     def scores(self, dp: SplitDeepPoly) -> dict[int, Tensor]:
         """Branching score of every neuron (N, n); zero for stable or split neurons."""
@@ -284,34 +306,55 @@ class BranchAndBound:
 
     # -- branching ---------------------------------------------------------------------------------
 
-    def branch(self, sub: Subproblems) -> tuple[Subproblems, int]:
-        """Two children per subproblem, splitting its best-scored neuron; returns them and the earliest split node."""
+    def decide(self, sub: Subproblems) -> Tensor:
+        """The neuron to split in each subproblem, as a flat index over all ReLU layers (N,).
+
+        The score ranks the candidates; with ``fsb_candidates`` k > 1 the top k
+        are tried (filtered smart branching): each candidate's two children get
+        one cheap bound, and the candidate whose worse child is best wins.
+        """
         flat = torch.cat([sub.score[r] for r in self.relus], dim=1)  # (N, total)
-        sizes = [sub.score[r].shape[1] for r in self.relus]
-        best = flat.argmax(1)
-        offsets = torch.tensor([0, *sizes], device=best.device).cumsum(0)
-        layer = torch.searchsorted(offsets[1:], best, right=True)  # (N,) index into self.relus
-        children = sub.repeat(2)
+        k = min(self.config.fsb_candidates, flat.shape[1])
+        if k <= 1:
+            return flat.argmax(1)
+        top = flat.topk(k, dim=1).indices  # (N, k)
+        trials = self.children(sub.repeat(k), top.T.reshape(-1))  # 2 * k * N, candidate-major
+        margin = self.quick_margin(trials).view(2, k, len(sub)).min(0).values  # (k, N)
+        valid = flat.gather(1, top).T >= 0  # candidates that really are unstable, unsplit neurons
+        margin = torch.where(valid, margin, torch.full_like(margin, -torch.inf))
+        return top.gather(1, margin.argmax(0, keepdim=True).T).squeeze(1)
+
+    def children(self, sub: Subproblems, choice: Tensor) -> Subproblems:
+        """Both children (inactive first, then active) of each subproblem splitting neuron ``choice`` (N,)."""
+        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.relus]], device=choice.device).cumsum(0)
+        layer = torch.searchsorted(offsets[1:], choice, right=True).repeat(2)  # index into self.relus
+        index = (choice - offsets[layer[:len(sub)]]).repeat(2)
         n = len(sub)
-        sign = torch.cat([-torch.ones(n, dtype=torch.int8), torch.ones(n, dtype=torch.int8)]).to(best.device)
-        layer2, index2 = layer.repeat(2), (best - offsets[layer]).repeat(2)
+        sign = torch.cat([-torch.ones(n, dtype=torch.int8), torch.ones(n, dtype=torch.int8)]).to(choice.device)
+        out = sub.repeat(2)
         for li, r in enumerate(self.relus):
-            rows = torch.nonzero(layer2 == li).flatten()
+            rows = torch.nonzero(layer == li).flatten()
             if len(rows) == 0:
                 continue
-            cols = index2[rows]
-            split = children.split[r].flatten(1).clone()
+            cols, active = index[rows], sign[rows] > 0
+            split = out.split[r].flatten(1).clone()
             split[rows, cols] = sign[rows]
-            children.split[r] = split.view_as(children.split[r])
-            lo, hi = (t.flatten(1).clone() for t in children.bounds[self.pre[r]])
-            active = sign[rows] > 0
+            out.split[r] = split.view_as(out.split[r])
+            shape = out.bounds[self.pre[r]][0].shape
+            lo, hi = (t.flatten(1).clone() for t in out.bounds[self.pre[r]])
             lo[rows[active], cols[active]] = lo[rows[active], cols[active]].clamp(min=0.0)
             hi[rows[~active], cols[~active]] = hi[rows[~active], cols[~active]].clamp(max=0.0)
-            shape = children.bounds[self.pre[r]][0].shape
-            children.bounds[self.pre[r]] = (lo.view(shape), hi.view(shape))
-        children.depth = children.depth + 1
-        first = min(self.pre[self.relus[li]] for li in layer.unique().tolist())
-        return children, first + 1
+            out.bounds[self.pre[r]] = (lo.view(shape), hi.view(shape))
+        out.depth = out.depth + 1
+        return out
+
+    def branch(self, sub: Subproblems) -> tuple[Subproblems, int]:
+        """Two children per subproblem; also returns the first node whose bounds may change."""
+        choice = self.decide(sub)
+        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.relus]], device=choice.device).cumsum(0)
+        layers = torch.searchsorted(offsets[1:], choice, right=True).unique().tolist()
+        return self.children(sub, choice), min(self.pre[self.relus[li]] for li in layers) + 1
+
 
     # -- search ------------------------------------------------------------------------------------
 
@@ -328,9 +371,16 @@ class BranchAndBound:
             if time.monotonic() > self.deadline:
                 return BaBResult("timeout", stats=self.stats)
             batch = queue.pop(self.config.batch_size, depth_first=len(queue) > self.config.max_queue)
+            if int(batch.depth.max()) >= self.config.max_depth:
+                return BaBResult("unknown", stats=self.stats)
             branchable = torch.cat(list(batch.score.values()), 1).amax(1) >= 0
-            if not bool(branchable.all()) or int(batch.depth.max()) >= self.config.max_depth:
-                return BaBResult("unknown", stats=self.stats)  # fully split (or too deep) but undecided
+            if not bool(branchable.all()):
+                leaf = self.solve_leaves(batch.select(~branchable))
+                if leaf is not None:
+                    return leaf
+                batch = batch.select(branchable)
+                if len(batch) == 0:
+                    continue
             children, refine_from = self.branch(batch)
             if not self.config.recompute_intermediate:
                 refine_from = len(self.net.nodes)
@@ -347,10 +397,48 @@ class BranchAndBound:
                 queue.push(children.select(keep))
         return BaBResult("certified", stats=self.stats)
 
+    def solve_leaves(self, leaves: Subproblems) -> BaBResult | None:
+        """Fully split subproblems are LPs (no unstable ReLU left): solve them exactly.
+
+        Returns a final result (counterexample, timeout or undecidable) or None
+        if every leaf is certified.
+        """
+        from domains.milp import milp_verify
+
+        clause = torch.zeros(self.C.shape[1], dtype=torch.long)
+        for i in range(len(leaves)):
+            known = {node: (lo[i:i + 1], hi[i:i + 1]) for node, (lo, hi) in leaves.bounds.items()}
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return BaBResult("timeout", stats=self.stats)
+            result = milp_verify(self.net, self.root.lower[0], self.root.upper[0], self.C[0], self.d[0], clause,
+                                 timeout=remaining, known=known)
+            self.stats["exact_leaves"] = self.stats.get("exact_leaves", 0) + 1
+            if result.status == "falsified" and bool(self.is_counterexample(result.counterexample[None])[0]):
+                return BaBResult("falsified", result.counterexample, self.stats)
+            if result.status != "certified":
+                return BaBResult("timeout" if result.status == "timeout" else "unknown", stats=self.stats)
+        return None
+
     def check(self, candidates: Tensor, feasible: Tensor) -> Tensor | None:
-        """A candidate input (from the bound's minimiser) that concretely violates the clause, if any."""
+        """A concrete input violating the clause, if one is found near the bounds' minimisers (N, K, *in).
+
+        The minimisers are checked as they are, then the most promising ones
+        (lowest clause margin) seed a short PGD over the whole input box.
+        """
         flat = candidates[feasible].reshape(-1, *candidates.shape[2:])
         if len(flat) == 0:
             return None
-        hits = self.is_counterexample(flat)
-        return flat[hits][0] if bool(hits.any()) else None
+        with torch.no_grad():
+            margin = (self.net(flat) @ self.C[0].T - self.d[0]).amax(1)
+        seeds = flat[margin.argsort()[:self.config.attack_seeds]]
+        if self.config.attack_steps > 0:
+            lower = self.root.lower.expand_as(seeds)
+            seeds, _ = pgd_maximize(lambda x: -(self.net(x) @ self.C[0].T - self.d[0]).amax(1), lower,
+                                    self.root.upper.expand_as(seeds), steps=self.config.attack_steps,
+                                    step_size=0.1, x0=seeds, stop=lambda best: best >= 0)
+        for points in (flat, seeds):
+            hits = self.is_counterexample(points)
+            if bool(hits.any()):
+                return points[hits][0]
+        return None

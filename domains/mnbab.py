@@ -1,0 +1,139 @@
+"""The MN-BaB verifier for one property, cheapest stage first.
+
+DeepPoly -> alpha (slopes of all bounds optimised) -> multi-neuron constraints
+(groups of k unstable ReLUs per layer, multipliers gamma optimised jointly with
+the final slopes) -> branch-and-bound on each clause not yet excluded, hardest
+first. Every stage's bounds are sound; the first decision wins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
+from domains.deeppoly import DeepPoly
+from domains.multineuron import octahedral_directions, relu_hull_constraints, select_groups
+from domains.network import Network
+
+
+@dataclass
+class MNBaBConfig:
+    alpha_iterations: int = 20
+    lr_alpha: float = 0.1
+    multineuron: bool = True
+    k: int = 3  # neurons per multi-neuron group (2..4)
+    max_groups: int = 60  # groups per ReLU layer
+    gamma_iterations: int = 20
+    bab: bool = True
+    bab_config: BaBConfig = field(default_factory=BaBConfig)
+
+
+def clause_margins(lower: Tensor, d: Tensor, clause: Tensor, n_clauses: int) -> Tensor:
+    """Per clause, the best row margin ``lb - d``: (N, m) -> (N, n_clauses); > 0 means excluded."""
+    rows = lower - d
+    out = rows.new_full((rows.shape[0], n_clauses), -torch.inf)
+    return out.scatter_reduce(1, clause.expand_as(rows), rows, reduce="amax")
+
+
+def multineuron_constraints(dp: DeepPoly, config: MNBaBConfig) -> dict[int, LayerConstraints]:
+    """Constraints over groups of unstable ReLUs of every layer, for one input box (N = 1)."""
+    plain = DeepPoly(dp.net, dp.lower, dp.upper)  # default slopes for the octahedral queries
+    plain.bounds, plain.upper_lines = dp.bounds, dp.upper_lines
+    directions = octahedral_directions(config.k).to(dp.lower)  # (D, k)
+    out = {}
+    for relu in dp.net.relu_nodes:
+        pre = dp.net.nodes[relu].inputs[0]
+        lo, hi = (t[0].flatten() for t in dp.bounds[pre])
+        groups = select_groups(lo, hi, k=config.k, max_groups=config.max_groups)  # (G, k)
+        if len(groups) == 0:
+            continue
+        g, k = groups.shape
+        rows = torch.zeros(g, len(directions), lo.numel(), dtype=lo.dtype, device=lo.device)
+        rows.scatter_(2, groups.unsqueeze(1).expand(g, len(directions), k), -directions.expand(g, -1, -1))
+        A = rows.reshape(1, -1, *dp.net.shapes[pre])
+        with torch.no_grad():
+            dir_upper = -plain.linear_lower(pre, A).reshape(g, len(directions))  # max of d . x_G
+        hull = relu_hull_constraints(dir_upper.double().cpu(), lo[groups].double().cpu(),
+                                     hi[groups].double().cpu(), directions.double().cpu())
+        if len(hull.groups) == 0:
+            continue
+        out[relu] = LayerConstraints(groups[hull.groups.to(groups.device)],
+                                     *(t.to(lo) for t in (hull.a, hull.b, hull.c)))
+    return out
+
+
+def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tensor, clause: Tensor,
+                 deadline: float, is_counterexample: Callable[[Tensor], Tensor],
+                 config: MNBaBConfig | None = None) -> BaBResult:
+    """Decide one property: rows ``C y <= d`` (C (m, n_out), d (m,)) grouped by ``clause`` (m,).
+
+    lower, upper: the input box (*input_shape). ``is_counterexample`` maps
+    inputs (B, *in) to (B,) bool (a concrete check of the whole property).
+    """
+    config = config or MNBaBConfig()
+    stats: dict = {"stage": "deeppoly"}
+    start = time.monotonic()
+    n_clauses = int(clause.max()) + 1
+    C, d, clause = C.unsqueeze(0), d.unsqueeze(0), clause.to(C.device)
+    dp = SplitDeepPoly(net, lower.unsqueeze(0), upper.unsqueeze(0))
+
+    def decided(bound: Tensor) -> bool:
+        return bool((clause_margins(bound, d, clause, n_clauses) > 0).all())
+
+    with torch.no_grad():
+        bound = dp.bound(C)
+    if not decided(bound) and config.alpha_iterations > 0 and time.monotonic() < deadline:
+        stats["stage"] = "alpha"
+        bound = torch.maximum(bound, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=True,
+                                                 done=decided))
+    if not decided(bound) and config.multineuron and time.monotonic() < deadline:
+        stats["stage"] = "multineuron"
+        dp.constraints = multineuron_constraints(dp, config)
+        stats["multineuron_constraints"] = sum(len(c) for c in dp.constraints.values())
+        dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
+        if dp.gamma:
+            bound = torch.maximum(bound, dp.optimize(C, config.gamma_iterations, config.lr_alpha,
+                                                     intermediate=False, done=decided))
+    stats["root_time_s"] = time.monotonic() - start
+    margins = clause_margins(bound, d, clause, n_clauses)[0]
+    stats["root_margin"] = float(margins.min())
+    if bool((margins > 0).all()):
+        return BaBResult("certified", stats=stats)
+    if not config.bab:
+        return BaBResult("unknown", stats=stats)
+    stats["stage"] = "bab"
+    for k in torch.argsort(margins).tolist():  # hardest clause first
+        if margins[k] > 0:
+            continue
+        rows = torch.nonzero(clause == k).flatten()
+        result = _bab_clause(dp, C[:, rows], d[:, rows], rows, config.bab_config, is_counterexample, deadline)
+        stats.setdefault("bab", []).append(result.stats)
+        if result.status != "certified":
+            return BaBResult(result.status, result.counterexample, stats)
+    return BaBResult("certified", stats=stats)
+
+
+def _bab_clause(dp: SplitDeepPoly, C: Tensor, d: Tensor, rows: Tensor, config: BaBConfig,
+                is_counterexample, deadline: float) -> BaBResult:
+    """Branch-and-bound on the rows of one clause, starting from the root's optimised multipliers."""
+    params = dp.final_parameters()
+    relus = dp.net.relu_nodes
+    root = Subproblems(
+        bounds={dp.net.nodes[r].inputs[0]: dp.bounds[dp.net.nodes[r].inputs[0]] for r in relus},
+        split={r: torch.zeros(1, *dp.net.shapes[r], dtype=torch.int8, device=C.device) for r in relus},
+        alpha={r: params[("alpha", r)][:, rows] for r in relus if ("alpha", r) in params},
+        beta={r: C.new_zeros(1, len(rows), *dp.net.shapes[r]) for r in relus},
+        gamma={r: g[:, rows] for r, g in dp.gamma.items()},
+        lower=torch.full((1, len(rows)), -torch.inf, device=C.device, dtype=C.dtype),
+        depth=torch.zeros(1, dtype=torch.long, device=C.device))
+    search = BranchAndBound(dp, C, d, config, is_counterexample, deadline)
+    root, feasible, candidates = search.bound(root, refine_from=len(dp.net.nodes), iterations=0)
+    found = search.check(candidates, feasible)
+    if found is not None:
+        return BaBResult("falsified", found, search.stats)
+    return search.run(root)

@@ -1,0 +1,111 @@
+"""MN-BaB end to end: verdicts agree with exact MILP, every property of tiny nets is decided, precision order."""
+
+import time
+
+import pytest
+import torch
+
+from domains import box
+from domains.alpha import AlphaDeepPoly
+from domains.bab import BaBConfig
+from domains.deeppoly import DeepPoly
+from domains.milp import milp_verify
+from domains.mnbab import MNBaBConfig, mnbab_verify
+from tests.random_nets import random_network
+from verifier.spec import robustness_spec
+
+KINDS = ["fc", "conv", "residual"]
+# radii from mostly-certified to mostly-falsified; the conv net's 150 ReLUs make the exact MILP
+# reference slow beyond 0.1 (minutes), so its larger radii run in the slow sweep only
+EPSILONS = {"fc": [0.03, 0.08, 0.15, 0.3], "conv": [0.03, 0.06, 0.1], "residual": [0.03, 0.08, 0.15, 0.3]}
+SLOW_EPSILONS = {"fc": [0.05, 0.2, 0.5], "conv": [0.12, 0.15], "residual": [0.05, 0.2, 0.5]}
+
+
+def _properties(kind, seed, epsilons=None):
+    """Robustness properties of one random net at several radii around one random point."""
+    _, net = random_network(seed, kind, detach=True)
+    g = torch.Generator().manual_seed(1000 + seed)
+    x = torch.rand(*net.input_shape, generator=g)
+    spec = robustness_spec(int(net(x[None]).argmax()), net.output_shape[0])
+    return net, [(x - eps, x + eps, spec) for eps in (epsilons or EPSILONS[kind])]
+
+
+def _is_counterexample(net, spec):
+    return lambda xs: ((net(xs) @ spec.C.T - spec.d) <= 0).any(1)
+
+
+def _mnbab(net, lower, upper, spec, config=None, timeout=120.0):
+    return mnbab_verify(net, lower, upper, spec.C, spec.d, spec.clause, time.monotonic() + timeout,
+                        _is_counterexample(net, spec), config)
+
+
+def _check_against_milp(kind, seeds, epsilons, config):
+    """Soundness and completeness: certified <=> MILP certified; falsified carries a real counterexample."""
+    for seed in seeds:
+        net, props = _properties(kind, seed, epsilons)
+        for lower, upper, spec in props:
+            result = _mnbab(net, lower, upper, spec, config)
+            exact = milp_verify(net, lower, upper, spec.C, spec.d, spec.clause)
+            assert result.status in ("certified", "falsified"), (seed, result.status, result.stats)
+            if exact.status in ("certified", "falsified"):
+                assert result.status == exact.status, (seed, result.stats)
+            if result.status == "falsified":
+                x = result.counterexample
+                assert (x >= lower).all() and (x <= upper).all()
+                assert bool(_is_counterexample(net, spec)(x[None])[0])
+
+
+@pytest.mark.parametrize("multineuron", [False, True], ids=["single-neuron", "multi-neuron"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_agrees_with_exact_milp_and_decides_everything(kind, multineuron):
+    _check_against_milp(kind, range(4), EPSILONS[kind], MNBaBConfig(multineuron=multineuron))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("multineuron", [False, True], ids=["single-neuron", "multi-neuron"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_agrees_with_exact_milp_sweep(kind, multineuron):
+    """The same check over more nets and radii (a few hundred properties)."""
+    _check_against_milp(kind, range(4, 16), EPSILONS[kind] + SLOW_EPSILONS[kind], MNBaBConfig(multineuron=multineuron))
+
+
+@pytest.mark.parametrize("branching", ["babsr", "acs"])
+def test_branching_heuristics_reach_the_same_verdicts(branching):
+    config = MNBaBConfig(bab_config=BaBConfig(branching=branching, batch_size=4))
+    for seed in range(3):
+        net, props = _properties("fc", 50 + seed)
+        for lower, upper, spec in props:
+            exact = milp_verify(net, lower, upper, spec.C, spec.d, spec.clause)
+            assert _mnbab(net, lower, upper, spec, config).status == exact.status
+
+
+def test_precision_order_box_deeppoly_alpha_multineuron():
+    """Certified counts box <= deeppoly <= mnbab; alpha >= DeepPoly and multi-neuron >= alpha, row by row."""
+    counts = {"box": 0, "deeppoly": 0, "mnbab": 0}
+    for kind in KINDS:
+        for seed in range(2):
+            net, props = _properties(kind, 100 + seed)
+            for lower, upper, spec in props:
+                lo, hi, C = lower[None], upper[None], spec.C[None]
+                b = box.bound_linear(net, lo, hi, C)
+                dp = DeepPoly(net, lo, hi).bound(C)
+                alpha = AlphaDeepPoly(net, lo, hi).optimize(C, iterations=20)
+                assert (dp >= b - 1e-6).all() and (alpha >= dp - 1e-6).all()
+                counts["box"] += bool((b > 0).all())
+                counts["deeppoly"] += bool((dp > 0).all())
+                counts["mnbab"] += _mnbab(net, lower, upper, spec).status == "certified"
+                no_mn = _mnbab(net, lower, upper, spec, MNBaBConfig(multineuron=False, bab=False))
+                with_mn = _mnbab(net, lower, upper, spec, MNBaBConfig(multineuron=True, bab=False))
+                if "root_margin" in no_mn.stats and "root_margin" in with_mn.stats:
+                    assert with_mn.stats["root_margin"] >= no_mn.stats["root_margin"] - 1e-6
+    assert counts["box"] <= counts["deeppoly"] <= counts["mnbab"]
+    assert counts["mnbab"] > counts["box"]
+
+
+def test_timeout_is_reported_not_guessed():
+    net, props = _properties("conv", 3)
+    lower, upper, spec = props[-1]
+    result = _mnbab(net, lower, upper, spec, timeout=0.0)
+    assert result.status in ("timeout", "falsified", "certified")
+    if result.status == "certified":  # decided at the root before the clock was checked: must be right
+        assert milp_verify(net, lower, upper, spec.C, spec.d, spec.clause).status == "certified"
