@@ -6,13 +6,16 @@ Argument parsing and wiring only; the work is in verifier/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from cli.errors import UserError, run_main
+from cli.errors import OneLineParser, UserError, run_main
+from domains.bab import BaBConfig
+from domains.mnbab import MNBaBConfig
 from verifier.certify import Pipeline
 from verifier.onnx_import import load_onnx
 from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance
@@ -32,7 +35,7 @@ def demo_files() -> tuple[Path, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="certify",
         description="Certify an ONNX ReLU network with Box, DeepPoly and MN-BaB. Without a model, runs the "
                     "bundled demo (a SABR-trained MNIST network on the first 100 MNIST test images, eps 0.1).")
@@ -55,8 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="wall-clock seconds per property")
     p.add_argument("--no-attack", action="store_true", help="skip the PGD attack stage")
     p.add_argument("--batch-size", type=int, default=32, help="samples bounded together by Box / DeepPoly")
+    mnbab = p.add_argument_group("MN-BaB")
+    mnbab.add_argument("--bab-batch-size", type=int, default=64, help="subproblems branched together")
+    mnbab.add_argument("--branching", choices=("acs", "babsr"), default="acs",
+                       help="active-constraint score (MN-BaB) or BaBSR")
+    mnbab.add_argument("--multineuron-k", type=int, default=3, choices=(0, 2, 3, 4),
+                       help="ReLUs per multi-neuron constraint group (0 disables the constraints)")
+    mnbab.add_argument("--alpha-iterations", type=int, default=20, help="slope optimisation steps at the root")
+    mnbab.add_argument("--milp-backend", choices=("auto", "highs", "gurobi"), default="auto",
+                       help="solver for --domain milp")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--json", help="write results here as they arrive")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run stored in --json: samples already done in every domain are skipped")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -78,6 +93,15 @@ def device_of(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but no CUDA device is available")
     return device
+
+
+def options_from(args) -> Options:
+    if args.bab_batch_size < 1 or args.alpha_iterations < 0:
+        raise UserError("--bab-batch-size must be >= 1 and --alpha-iterations >= 0")
+    bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching)
+    mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
+                        k=max(args.multineuron_k, 2), bab_config=bab)
+    return Options(milp_backend=args.milp_backend, mnbab=mnbab)
 
 
 def load_samples(args) -> tuple[torch.Tensor, torch.Tensor, str | None]:
@@ -110,11 +134,17 @@ def _main(argv: list[str] | None) -> int:
         raise UserError("--num must be >= 1 and --start >= 0")
     if args.timeout <= 0:
         raise UserError("--timeout must be positive")
+    if args.resume and not args.json:
+        raise UserError("--resume needs --json (the results file to continue)")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     onnx_model = load_onnx(args.model)
 
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "model": str(args.model),
             "model_sha256": onnx_model.sha256, "domains": domains, "timeout_s": args.timeout,
-            "device": str(device)}
+            "device": str(device), "options": dataclasses.asdict(options_from(args))}
     if args.vnnlib:
         props = parse_vnnlib(args.vnnlib, n_inputs=None, n_outputs=None)
         instances = [vnnlib_instance(props, onnx_model.input_shape, onnx_model.output_size)]
@@ -137,8 +167,13 @@ def _main(argv: list[str] | None) -> int:
 
     torch.manual_seed(args.seed)
     pipeline = Pipeline(network.to(device), domains, oracle, timeout=args.timeout, attack=not args.no_attack,
-                        seed=args.seed, options=Options(), chunk_size=args.batch_size)
-    results = ResultsFile(args.json, meta, domains)
+                        seed=args.seed, options=options_from(args), chunk_size=args.batch_size)
+    if args.resume:
+        results = ResultsFile.resume(args.json, meta, domains)
+        done = results.completed()
+        instances = [inst for inst in instances if inst.index not in done]
+    else:
+        results = ResultsFile(args.json, meta, domains)
     certify_instances(pipeline, instances, results, progress=not args.quiet and sys.stderr.isatty())
     if args.vnnlib:
         for row in results.rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -13,20 +14,30 @@ class UserError(Exception):
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that describe a problem with the user's input, not a bug."""
     from domains.from_torch import UnsupportedModule
+    from training.config import ConfigError
     from training.datasets import DatasetError
     from verifier.onnx_import import OnnxImportError
+    from verifier.results import ResumeError
     from verifier.spec import SpecError
 
-    return (UserError, SpecError, OnnxImportError, DatasetError, UnsupportedModule, FileNotFoundError,
-            IsADirectoryError, PermissionError)
+    return (UserError, SpecError, OnnxImportError, DatasetError, ConfigError, ResumeError, UnsupportedModule,
+            FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-def run_main(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line (via run_main), not usage plus message."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def run_main(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None,
+             interrupted: str = "results computed so far were saved") -> int:
     """Run a command's main, mapping user errors to exit 2 and Ctrl-C to exit 130."""
     try:
         return main(argv)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; results computed so far were saved", file=sys.stderr)
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         return 130
     except user_errors() as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -66,17 +66,18 @@ class Pipeline:
     chunk_size: int = 32
 
     def run(self, instances: Iterable[Instance]) -> Iterator[list[Row]]:
-        """Yields the rows of each chunk of instances as soon as it is done."""
+        """Yields result rows as soon as they are done: per chunk for the batched domains,
+        per instance for the per-property ones."""
         chunk: list[Instance] = []
         for instance in instances:
             chunk.append(instance)
             if len(chunk) == self.chunk_size:
-                yield self.certify_chunk(chunk)
+                yield from self.certify_chunk(chunk)
                 chunk = []
         if chunk:
-            yield self.certify_chunk(chunk)
+            yield from self.certify_chunk(chunk)
 
-    def certify_chunk(self, instances: list[Instance]) -> list[Row]:
+    def certify_chunk(self, instances: list[Instance]) -> Iterator[list[Row]]:
         device, dtype = self.net.device, self.net.dtype
         owner = torch.tensor([k for k, inst in enumerate(instances) for _ in inst.props])
         batch = PropertyBatch.stack([p for inst in instances for p in inst.props]).to(device, dtype)
@@ -97,13 +98,19 @@ class Pipeline:
                     status[owner[i]], example[owner[i]] = "falsified", point.cpu()
             self._share(shared, {owner[i].item() for i in open_props}, time.perf_counter() - start)
 
-        rows = []
-        for domain in self.domains:
+        def rows_of(domain: str, members: list[int]) -> list[Row]:
             domain_status, domain_time, domain_example = list(status), list(shared), list(example)
-            self._run_domain(domain, batch, owner, domain_status, domain_time, domain_example)
-            rows += [Row(inst.index, inst.label, predicted[k], domain, domain_status[k] or "unknown",
-                         domain_time[k], domain_example[k]) for k, inst in enumerate(instances)]
-        return rows
+            self._run_domain(domain, batch, owner, set(members), domain_status, domain_time, domain_example)
+            return [Row(instances[k].index, instances[k].label, predicted[k], domain, domain_status[k] or "unknown",
+                        domain_time[k], domain_example[k]) for k in members]
+
+        everyone = list(range(len(instances)))
+        batched = [rows_of(domain, everyone) for domain in self.domains if domain not in registry.PER_PROPERTY]
+        if batched:
+            yield [row for rows in batched for row in rows]
+        per_property = [domain for domain in self.domains if domain in registry.PER_PROPERTY]
+        for k in everyone if per_property else []:
+            yield [row for domain in per_property for row in rows_of(domain, [k])]
 
     def _clean_check(self, instances: list[Instance], status: list[str | None]) -> list[int | None]:
         """Marks instances whose clean input violates the property; returns the predicted labels."""
@@ -122,15 +129,15 @@ class Pipeline:
                 status[k] = "misclassified"
         return predicted
 
-    def _run_domain(self, domain: str, batch: PropertyBatch, owner: Tensor, status: list[str | None],
-                    spent: list[float], example: list[Tensor | None]) -> None:
-        """Decides the instances still open (status None) with ``domain``, in place.
+    def _run_domain(self, domain: str, batch: PropertyBatch, owner: Tensor, members: set[int],
+                    status: list[str | None], spent: list[float], example: list[Tensor | None]) -> None:
+        """Decides the instances among ``members`` still open (status None) with ``domain``, in place.
 
         An instance is falsified if any of its disjuncts is (counterexample
         confirmed by the oracle), certified if all are certified, else timeout
         if any timed out, else unknown.
         """
-        open_props = [i for i in range(len(batch)) if status[owner[i]] is None]
+        open_props = [i for i in range(len(batch)) if owner[i].item() in members and status[owner[i]] is None]
         if not open_props:
             return
         per_property = domain in registry.PER_PROPERTY

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from domains import box
 from domains.deeppoly import DeepPoly
+from domains.mnbab import MNBaBConfig, mnbab_verify
 from domains.network import Network
 from verifier.spec import PropertyBatch
 
@@ -29,10 +30,10 @@ class Verdict:
 
 @dataclass
 class Options:
-    """Knobs of the stronger domains; the CLI fills them, defaults suit small nets."""
+    """Knobs of the stronger domains; the CLI fills them."""
 
     milp_backend: str = "auto"
-    extra: dict = field(default_factory=dict)
+    mnbab: MNBaBConfig = field(default_factory=MNBaBConfig)
 
 
 Procedure = Callable[[Network, PropertyBatch, float, Options], list[Verdict]]
@@ -48,6 +49,20 @@ def verify_box(net: Network, batch: PropertyBatch, deadline: float, options: Opt
 
 def verify_deeppoly(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
     return _from_row_bounds(batch, DeepPoly(net, batch.lower, batch.upper).bound(batch.C))
+
+
+def verify_mnbab(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
+    verdicts = []
+    for i in range(len(batch)):
+        prop = batch[[i]]
+
+        def is_counterexample(x: Tensor, prop=prop) -> Tensor:
+            return prop.property_margin(net(x)) <= 0
+
+        result = mnbab_verify(net, batch.lower[i], batch.upper[i], batch.C[i], batch.d[i], batch.clause, deadline,
+                              is_counterexample, options.mnbab)
+        verdicts.append(Verdict(result.status, result.counterexample, result.stats))
+    return verdicts
 
 
 def verify_milp(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
@@ -68,11 +83,12 @@ def verify_milp(net: Network, batch: PropertyBatch, deadline: float, options: Op
 DOMAINS: dict[str, Procedure] = {
     "box": verify_box,
     "deeppoly": verify_deeppoly,
+    "mnbab": verify_mnbab,
     "milp": verify_milp,
 }
 
 # domains that decide one property at a time (and honour the per-property timeout inside)
-PER_PROPERTY = {"milp"}
+PER_PROPERTY = {"mnbab", "milp"}
 
 
 def run(domain: str, net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:

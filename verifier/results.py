@@ -21,6 +21,13 @@ import sys
 from pathlib import Path
 
 STATUS_KEYS = ("certified", "falsified", "unknown", "timeout", "misclassified")
+# meta entries that must agree for a run to be resumed from an existing file
+RESUME_KEYS = ("model_sha256", "domains", "eps", "dataset", "inputs", "split", "vnnlib", "clip", "mean", "std",
+               "timeout_s", "seed")
+
+
+class ResumeError(Exception):
+    """An existing results file cannot be continued by this run."""
 
 
 def versions() -> dict[str, str]:
@@ -81,6 +88,36 @@ class ResultsFile:
     def __init__(self, path: str | os.PathLike | None, meta: dict, domains: list[str], rows: list[dict] = ()):
         self.path = Path(path) if path is not None else None
         self.meta, self.domains, self.rows = meta, domains, list(rows)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, meta: dict, domains: list[str]) -> ResultsFile:
+        """Continue the run stored at ``path``: keeps the rows of samples done in every domain.
+
+        Rows of partly done samples are dropped (they are recomputed). A
+        missing file starts a fresh run; a file from a different set-up
+        (model, radius, domains, ...) is refused.
+        """
+        path = Path(path)
+        if not path.exists():
+            return cls(path, meta, domains)
+        try:
+            old = json.loads(path.read_text())
+            old_meta, rows = old["meta"], old["results"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ResumeError(f"cannot resume: {path} is not a results file") from None
+        different = [key for key in RESUME_KEYS if old_meta.get(key) != meta.get(key)]
+        if different:
+            raise ResumeError(f"cannot resume {path}: it was made with different {', '.join(different)}")
+        done = cls(path, meta, domains, rows).completed()
+        meta = {**meta, "resumed_from": old_meta.get("resumed_from", []) + [old_meta.get("command")]}
+        return cls(path, meta, domains, [row for row in rows if row["index"] in done])
+
+    def completed(self) -> set[int]:
+        """Sample indices that have a row in every domain."""
+        seen: dict[int, set[str]] = {}
+        for row in self.rows:
+            seen.setdefault(row["index"], set()).add(row["domain"])
+        return {index for index, domains in seen.items() if set(self.domains) <= domains}
 
     def add(self, rows: list[dict]) -> None:
         self.rows += rows

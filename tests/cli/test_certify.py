@@ -1,0 +1,165 @@
+"""`certify` end to end: demo, --inputs, --vnnlib, JSON schema, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from cli.certify import main
+from domains.from_torch import Normalize
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An MLP on 2x4x4 inputs with normalisation inside, exported to ONNX, plus 8 samples."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Normalize([0.5, 0.4], [0.3, 0.2]), nn.Flatten(), nn.Linear(32, 16), nn.ReLU(),
+                          nn.Linear(16, 3)).eval()
+    folder = tmp_path_factory.mktemp("tiny")
+    path = folder / "tiny.onnx"
+    torch.onnx.export(model, torch.zeros(1, 2, 4, 4), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    x = torch.rand(8, 2, 4, 4)
+    y = model(x).argmax(1)
+    y[0] = (y[0] + 1) % 3  # one misclassified sample
+    np.savez(folder / "inputs.npz", x=x.numpy(), y=y.numpy())
+    return path, folder / "inputs.npz", model
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_inputs_all_domains_and_json_schema(tiny_model, tmp_path, capsys):
+    model, inputs, _ = tiny_model
+    out_json = tmp_path / "r.json"
+    code, out, err = run(capsys, model, "--inputs", inputs, "--eps", "1/255", "--domain", "box,deeppoly,mnbab",
+                         "--json", out_json, "--quiet")
+    assert code == 0, err
+    assert "deeppoly" in out and "mnbab" in out
+    data = json.loads(out_json.read_text())
+    assert set(data) == {"meta", "results", "summary"}
+    assert {"command", "versions", "seed", "model_sha256", "eps"} <= set(data["meta"])
+    assert len(data["results"]) == 3 * 8
+    for row in data["results"]:
+        assert set(row) == {"index", "label", "predicted", "domain", "status", "time_s"}
+        assert row["status"] in ("certified", "falsified", "unknown", "timeout", "misclassified")
+    assert [r["status"] for r in data["results"] if r["index"] == 0] == ["misclassified"] * 3
+    summary = data["summary"]
+    assert set(summary) == {"box", "deeppoly", "mnbab"}
+    for s in summary.values():
+        assert {"n", "natural", "certified", "falsified", "unknown", "timeout", "mean_time_s"} <= set(s)
+        assert s["n"] == 8 and s["natural"] == 7
+    assert summary["box"]["certified"] <= summary["deeppoly"]["certified"] <= summary["mnbab"]["certified"]
+    assert summary["mnbab"]["certified"] + summary["mnbab"]["falsified"] == 7  # complete on a tiny net
+
+
+def test_large_eps_falsifies_with_checked_counterexamples(tiny_model, capsys, tmp_path):
+    model, inputs, _ = tiny_model
+    code, _, err = run(capsys, model, "--inputs", inputs, "--eps", "0.5", "--domain", "box", "--json",
+                       tmp_path / "r.json", "--quiet")
+    assert code == 0, err
+    statuses = [r["status"] for r in json.loads((tmp_path / "r.json").read_text())["results"]]
+    assert "falsified" in statuses and "certified" not in statuses
+
+
+def test_vnnlib_mode_one_row_per_property(tiny_model, tmp_path, capsys):
+    model, _, torch_model = tiny_model
+    x = torch.rand(32) * 0.5 + 0.25
+    label = int(torch_model(x.reshape(1, 2, 4, 4)).argmax())
+    others = [j for j in range(3) if j != label]
+    lines = [f"(declare-const X_{i} Real)" for i in range(32)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
+    lines += [f"(assert (>= X_{i} {float(v) - 0.001}))\n(assert (<= X_{i} {float(v) + 0.001}))"
+              for i, v in enumerate(x)]
+    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text("\n".join(lines))
+    code, out, err = run(capsys, model, "--vnnlib", spec, "--domain", "deeppoly,mnbab", "--json",
+                         tmp_path / "r.json", "--quiet")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [(r["index"], r["domain"], r["status"]) for r in rows] == [(0, "deeppoly", "certified"),
+                                                                     (0, "mnbab", "certified")]
+
+
+def test_bundled_demo_runs(capsys, tmp_path):
+    code, out, err = run(capsys, "--num", "5", "--domain", "box,deeppoly", "--json", tmp_path / "d.json", "--quiet")
+    assert code == 0, err
+    assert json.loads((tmp_path / "d.json").read_text())["summary"]["deeppoly"]["n"] == 5
+
+
+def test_resume_keeps_finished_samples_and_completes_the_rest(tiny_model, tmp_path, capsys):
+    model, inputs, _ = tiny_model
+    out_json = tmp_path / "r.json"
+    base = [model, "--inputs", inputs, "--eps", "2/255", "--domain", "deeppoly,mnbab", "--json", out_json,
+            "--quiet", "--batch-size", "3"]
+    assert run(capsys, *base)[0] == 0
+    full = json.loads(out_json.read_text())
+    # as if interrupted: samples 0-4 done in both domains, sample 5 only in deeppoly, 6-7 not at all
+    interrupted = [r for r in full["results"] if r["index"] < 5 or (r["index"] == 5 and r["domain"] == "deeppoly")]
+    marked = [{**r, "time_s": 123.0} if r["index"] < 5 else r for r in interrupted]  # recognisable if kept
+    out_json.write_text(json.dumps({**full, "results": marked}))
+    code, _, err = run(capsys, *base, "--resume")
+    assert code == 0, err
+    resumed = json.loads(out_json.read_text())
+    key = sorted((r["index"], r["domain"], r["status"]) for r in resumed["results"])
+    assert key == sorted((r["index"], r["domain"], r["status"]) for r in full["results"])
+    assert sum(r["time_s"] == 123.0 for r in resumed["results"]) == 10  # finished samples were not recomputed
+    assert resumed["meta"]["resumed_from"]
+    # a different set-up is refused rather than mixed into the file
+    code, _, err = run(capsys, *[a if a != "2/255" else "3/255" for a in base], "--resume")
+    assert code == 2 and "eps" in err and len(err.strip().splitlines()) == 1
+
+
+def _unsupported_model(path):
+    node = helper.make_node("Sigmoid", ["x"], ["y"], name="sig0")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing_model", "bad_eps_fraction", "negative_eps", "unsupported_op",
+                                  "shape_mismatch", "malformed_vnnlib", "unknown_domain", "no_samples",
+                                  "cuda_missing", "inputs_nan"])
+def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys):
+    model, inputs, _ = tiny_model
+    args = {
+        "missing_model": [tmp_path / "nope.onnx", "--inputs", inputs, "--eps", "0.1"],
+        "bad_eps_fraction": [model, "--inputs", inputs, "--eps", "2/0"],
+        "negative_eps": [model, "--inputs", inputs, "--eps", "-1"],
+        "unsupported_op": [_unsupported_model(tmp_path / "s.onnx"), "--inputs", inputs, "--eps", "0.1"],
+        "shape_mismatch": [model, "--inputs", _npz(tmp_path, np.zeros((2, 5), np.float32)), "--eps", "0.1"],
+        "malformed_vnnlib": [model, "--vnnlib", _text(tmp_path / "m.vnnlib", "(declare-const X_0 Real")],
+        "unknown_domain": [model, "--inputs", inputs, "--eps", "0.1", "--domain", "zonotope"],
+        "no_samples": [model, "--eps", "0.1"],
+        "cuda_missing": [model, "--inputs", inputs, "--eps", "0.1", "--device", "cuda:7"],
+        "inputs_nan": [model, "--inputs", _npz(tmp_path, np.full((2, 2, 4, 4), np.nan, np.float32)), "--eps", "0.1"],
+    }[case]
+    if case == "cuda_missing" and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    code, _, err = run(capsys, *args, "--quiet")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("certify: error:"), err
+    if case == "unsupported_op":
+        assert "Sigmoid" in lines[0] and "sig0" in lines[0]
+
+
+def _npz(folder, x):
+    path = folder / "bad.npz"
+    np.savez(path, x=x, y=np.zeros(len(x), np.int64))
+    return path
+
+
+def _text(path, text):
+    path.write_text(text)
+    return path
