@@ -1,0 +1,73 @@
+"""The Box cross-entropy: exact IBP at lambda = 1, an upper bound of the CE of every point of the ball."""
+
+import torch
+import torch.nn.functional as F
+
+from domains.from_torch import network_from_torch
+from training.losses import box_cross_entropy, margin_lower_bounds, margin_matrix
+from training.methods import BatchSetting, method_loss
+from training.models import build_model, ibp_init
+from training.regions import linf_box
+
+
+def _model(name="cnn3", seed=0):
+    torch.manual_seed(seed)
+    model = build_model(name, "mnist", widths=(32, 32))
+    ibp_init(model)
+    return model
+
+
+def _batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_margin_matrix_rows():
+    C = margin_matrix(torch.tensor([2, 0]), 4)
+    assert C.shape == (2, 4, 4)
+    assert torch.equal(C[0, 1], torch.tensor([0.0, -1.0, 1.0, 0.0]))
+    assert torch.equal(C[0, 2], torch.zeros(4))  # the true class row
+    assert torch.equal(C[1, 3], torch.tensor([1.0, 0.0, 0.0, -1.0]))
+
+
+def test_lambda_one_is_exactly_ibp():
+    x, y = _batch()
+    setting = BatchSetting(eps=0.05, natural=False, reg_weight=0.3)
+    losses = []
+    for method in ("ibp", "sabr"):
+        model = _model("cnn5")  # with BatchNorm: batch statistics in the propagation
+        model.train()
+        losses.append(method_loss(method, model, x, y, setting, lam=1.0, pgd_steps=4, reg_tol=0.5))
+    assert losses[0].keys() == losses[1].keys() == {"ce", "reg"}
+    for key in losses[0]:
+        assert torch.equal(losses[0][key], losses[1][key])
+
+
+def test_ibp_loss_bounds_the_cross_entropy_of_sampled_points():
+    for name in ("cnn3", "fc", "cnn5"):
+        model = _model(name).eval()
+        x, y = _batch(seed=1)
+        eps = 0.05
+        lower, upper = linf_box(x, eps)
+        net = network_from_torch(model, (1, 28, 28))
+        with torch.no_grad():
+            margins = margin_lower_bounds(net, lower, upper, y)
+            robust = F.cross_entropy(-margins, y, reduction="none")
+            g = torch.Generator().manual_seed(2)
+            for _ in range(20):
+                point = lower + (upper - lower) * torch.rand(x.shape, generator=g)
+                corner = torch.where(torch.rand(x.shape, generator=g) < 0.5, lower, upper)
+                for z in (point, corner):
+                    assert (F.cross_entropy(model(z), y, reduction="none") <= robust + 1e-5).all()
+            assert torch.isclose(box_cross_entropy(margins, y), robust.mean())
+            assert (margins.gather(1, y[:, None]) == 0).all()
+
+
+def test_certified_loss_is_differentiable():
+    model = _model("cnn5").train()
+    x, y = _batch()
+    terms = method_loss("sabr", model, x, y, BatchSetting(0.05, False, 0.3), lam=0.4, pgd_steps=2, reg_tol=0.5)
+    sum(terms.values()).backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)

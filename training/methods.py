@@ -1,0 +1,60 @@
+"""The training objective of one batch for each method: std, pgd, ibp and sabr.
+
+- std: cross-entropy of the clean batch.
+- pgd: cross-entropy at PGD points of B(x, eps) (adversarial training, Madry et al.).
+- ibp / sabr: the Box cross-entropy over the propagation region (the whole ball for
+  IBP, SABR's small box otherwise), plus Shi et al.'s warm-up regularisers while
+  epsilon ramps up. BatchNorm layers use the clean batch's statistics in the
+  propagation (record_batch_stats), as in the reference implementation.
+
+During the natural warm-up every method uses the clean loss. L1 is added by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from domains.box import propagate
+from domains.from_torch import network_from_torch, record_batch_stats
+from training.adversarial import attack, cross_entropy_objective
+from training.losses import box_cross_entropy, margin_lower_bounds
+from training.regions import linf_box, sabr_region
+from training.regularizers import warmup_regularizer
+
+
+@dataclass(frozen=True)
+class BatchSetting:
+    """What the schedule prescribes for one batch."""
+
+    eps: float
+    natural: bool  # warm-up: clean loss only
+    reg_weight: float  # weight of the warm-up regularisers
+
+
+def method_loss(method: str, model: nn.Module, x: Tensor, y: Tensor, setting: BatchSetting, lam: float,
+                pgd_steps: int, reg_tol: float) -> dict[str, Tensor]:
+    """Loss terms {"ce": ..., "reg": ...} of ``method`` on the batch x (N, C, H, W), y (N,)."""
+    if setting.natural or method == "std":
+        return {"ce": F.cross_entropy(model(x), y)}
+    if method == "pgd":
+        x_adv = attack(model, x, y, *linf_box(x, setting.eps), pgd_steps, cross_entropy_objective)
+        return {"ce": F.cross_entropy(model(x_adv), y)}
+    return certified_loss(model, x, y, setting, 1.0 if method == "ibp" else lam, pgd_steps, reg_tol)
+
+
+def certified_loss(model: nn.Module, x: Tensor, y: Tensor, setting: BatchSetting, lam: float, pgd_steps: int,
+                   reg_tol: float) -> dict[str, Tensor]:
+    """Box CE over SABR's region (lam < 1) or the whole ball (lam = 1), plus the warm-up regularisers."""
+    with record_batch_stats(model) as batch_stats:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model(x)  # clean batch: BatchNorm statistics for the propagation
+    lower, upper = sabr_region(model, x, y, setting.eps, lam, pgd_steps)
+    net = network_from_torch(model, tuple(x.shape[1:]), batch_stats)
+    bounds = propagate(net, lower, upper)
+    terms = {"ce": box_cross_entropy(margin_lower_bounds(net, lower, upper, y, bounds), y)}
+    if setting.reg_weight > 0:
+        terms["reg"] = setting.reg_weight * warmup_regularizer(net, bounds, reg_tol)
+    return terms
