@@ -47,6 +47,10 @@ class AlphaDeepPoly(DeepPoly):
         unstable = ((lo < 0) & (hi > 0)).unsqueeze(1)
         return torch.where(unstable, self.alpha[key], default)
 
+    def rows_chunkable(self, node: int) -> bool:
+        """Slopes are per row: rows may be chunked only while no slope of ``node``'s bounds exists."""
+        return not self.create_alpha and all(start != node for start, _ in self.alpha)
+
     # -- multipliers of the final bound, (N, K, ...) each ------------------------------------------------
 
     def final_parameters(self) -> dict[tuple, Tensor]:

@@ -9,13 +9,18 @@ relaxed by two lines (Singh et al. 2019, Zhang et al. 2018):
 Stable neurons are exact (identity or zero). Pre-activation bounds are
 computed layer by layer: first by interval propagation from the tightest
 bounds so far, then by back-substituting only the neurons that this leaves
-unstable; both are intersected, so DeepPoly is never looser than Box.
+unstable; both are intersected, so DeepPoly is never looser than Box. Nodes
+whose interval bounds are already exact (one mixing affine op after the
+input) are not back-substituted, and the rows of a back-substitution are
+processed in chunks that bound its memory.
 
 Subclasses (alpha, beta, multi-neuron constraints) override ``lower_slope`` or
 ``relu_backward``; everything else is shared.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -37,6 +42,20 @@ def triangle_upper(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
 def min_area_lower_slope(lower: Tensor, upper: Tensor) -> Tensor:
     """DeepPoly's adaptive lower slope: 1 where u > -l (and for active neurons), else 0."""
     return ((upper > -lower) & (upper > 0)).to(lower)
+
+
+def exact_by_intervals(net: Network) -> set[int]:
+    """Nodes whose interval bounds are the exact range over the input box.
+
+    A box stays a box under coordinate-wise ops, and one mixing affine op
+    (Linear, Conv, AvgPool) of a box has exact interval bounds; a second
+    mixing op, an Add of branches or a ReLU on the way loses exactness.
+    """
+    mixing = {0: 0}
+    for i, node in enumerate(net.nodes[1:], start=1):
+        own = 0 if node.op.coordinatewise else 2 if isinstance(node.op, ReLU) or node.op.n_inputs > 1 else 1
+        mixing[i] = max(mixing[j] for j in node.inputs) + own
+    return {i for i, m in mixing.items() if m <= 1}
 
 
 def unstable_indices(lower: Tensor, upper: Tensor) -> Tensor:
@@ -66,7 +85,8 @@ class DeepPoly:
         self.bounds: dict[int, Bounds] = {0: (lower, upper)}
         self.upper_lines: dict[int, tuple[Tensor, Tensor]] = {}
         self.refine_idx: dict[int, Tensor] = {}  # neurons bounded by back-substitution, fixed once chosen
-        self.pre_activations = {net.nodes[r].inputs[0] for r in net.relu_nodes}
+        self.pre_activations = {net.nodes[r].inputs[0] for r in net.relu_nodes} - exact_by_intervals(net)
+        self.chunk_elements = 1 << 24  # memory budget of one back-substitution (coefficient entries)
         self.output = len(net.nodes) - 1
 
     # -- relaxation ---------------------------------------------------------------------------------
@@ -106,12 +126,21 @@ class DeepPoly:
         if k == 0:
             return lo, hi
         size = lo[0].numel()
-        eye = torch.zeros(n, k, size, dtype=lo.dtype, device=lo.device).scatter_(2, idx.unsqueeze(-1), 1.0)
-        A = torch.cat([eye, -eye], 1).reshape(n, 2 * k, *lo.shape[1:])
-        bound = self.linear_lower(node, A)
+        widest = max(math.prod(shape) for shape in self.net.shapes[:node + 1])
+        step = k if not self.rows_chunkable(node) else max(1, self.chunk_elements // (2 * n * widest))
+        bounds = []
+        for part in idx.split(step, dim=1):
+            eye = torch.zeros(n, part.shape[1], size, dtype=lo.dtype, device=lo.device)
+            eye.scatter_(2, part.unsqueeze(-1), 1.0)
+            bounds.append(self.linear_lower(node, torch.cat([eye, -eye], 1).reshape(n, -1, *lo.shape[1:])))
+        bound = torch.cat([b[:, :b.shape[1] // 2] for b in bounds] + [b[:, b.shape[1] // 2:] for b in bounds], 1)
         new_lo = lo.flatten(1).scatter(1, idx, torch.maximum(bound[:, :k], lo.flatten(1).gather(1, idx)))
         new_hi = hi.flatten(1).scatter(1, idx, torch.minimum(-bound[:, k:], hi.flatten(1).gather(1, idx)))
         return new_lo.view_as(lo), new_hi.view_as(hi)
+
+    def rows_chunkable(self, node: int) -> bool:
+        """Whether the back-substitution from ``node`` may be split into row chunks (no per-row state)."""
+        return True
 
     def compute_intermediate_bounds(self, known: dict[int, Bounds] | None = None, refine_from: int = 1) -> None:
         """Bounds of every node: intervals from the tightest inputs, refined before each ReLU.

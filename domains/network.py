@@ -44,6 +44,7 @@ class Op:
     in_shapes: list[tuple[int, ...]]
     out_shape: tuple[int, ...]
     n_inputs = 1
+    coordinatewise = False  # each output coordinate depends on at most one input coordinate
 
     def bind(self, in_shapes: list[tuple[int, ...]]) -> None:
         self.in_shapes = [tuple(s) for s in in_shapes]
@@ -154,6 +155,8 @@ class ElementwiseAffine(Op):
     ONNX Mul/Add/Sub/Div by constants.
     """
 
+    coordinatewise = True
+
     scale: Tensor
     shift: Tensor
 
@@ -174,6 +177,8 @@ class ElementwiseAffine(Op):
 @dataclass(repr=False)
 class Reshape(Op):
     """Flatten / Reshape of the per-sample shape (one entry may be -1)."""
+
+    coordinatewise = True
 
     shape: tuple[int, ...]
 
@@ -197,6 +202,8 @@ class Reshape(Op):
 class Transpose(Op):
     """Permutation of the per-sample dims (e.g. NHWC inputs): perm indexes them from 0."""
 
+    coordinatewise = True
+
     perm: tuple[int, ...]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -215,6 +222,8 @@ class Transpose(Op):
 @dataclass(repr=False)
 class Pad(Op):
     """Constant-zero padding of the last two dims: pads = (left, right, top, bottom)."""
+
+    coordinatewise = True
 
     pads: tuple[int, int, int, int]
 
