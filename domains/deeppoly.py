@@ -86,7 +86,7 @@ class DeepPoly:
         self.upper_lines: dict[int, tuple[Tensor, Tensor]] = {}
         self.refine_idx: dict[int, Tensor] = {}  # neurons bounded by back-substitution, fixed once chosen
         self.pre_activations = {net.nodes[r].inputs[0] for r in net.relu_nodes} - exact_by_intervals(net)
-        self.chunk_elements = 1 << 24  # memory budget of one back-substitution (coefficient entries)
+        self.chunk_elements = 1 << 20  # memory budget of one back-substitution (coefficient entries)
         self.output = len(net.nodes) - 1
 
     # -- relaxation ---------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ def _ops():
         ("conv_even", (2, 8, 8), Conv2d(r(3, 2, 3, 3), r(3), (2, 2), (1, 1), (1, 1))),
         ("conv_dilated", (1, 9, 9), Conv2d(r(2, 1, 3, 3), r(2), (1, 1), (2, 2), (2, 2))),
         ("conv_rect", (2, 6, 9), Conv2d(r(4, 2, 2, 4), r(4), (3, 2), (0, 1), (1, 1))),
+        ("conv_wide", (5, 7, 7), Conv2d(r(3, 5, 3, 3), r(3), (2, 2), (1, 1), (1, 1))),  # conv_transpose path
+        ("conv_wide_rect", (4, 6, 9), Conv2d(r(2, 4, 2, 4), r(2), (3, 2), (0, 1), (2, 1))),
         ("avgpool", (2, 6, 6), AvgPool2d((2, 2), (2, 2))),
         ("avgpool_overlap", (2, 7, 7), AvgPool2d((3, 3), (2, 2), (1, 1))),
         ("affine_channel", (3, 4, 4), ElementwiseAffine(r(3, 1, 1), r(3, 1, 1))),
