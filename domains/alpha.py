@@ -14,6 +14,7 @@ Subclasses add more multipliers of the final bound (beta, gamma) through
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -96,7 +97,7 @@ class AlphaDeepPoly(DeepPoly):
                     self.compute_intermediate_bounds(known=reference)
                 lb = self.linear_lower(self.output, C)
                 if optimizer is None:
-                    optimizer = torch.optim.Adam(self._parameter_groups(lr, intermediate))
+                    optimizer = Adam(self._parameters(intermediate), lr)
                 self._keep_best(lb.detach(), best, best_params)
                 if intermediate:
                     best_bounds = tightest(best_bounds, {i: (lo.detach(), hi.detach())
@@ -113,10 +114,9 @@ class AlphaDeepPoly(DeepPoly):
             self.compute_intermediate_bounds(known=best_bounds, refine_from=len(self.net.nodes))
         return torch.maximum(best, self.bound(C).detach())
 
-    def _parameter_groups(self, lr: float, intermediate: bool) -> list[dict]:
+    def _parameters(self, intermediate: bool) -> list[Tensor]:
         final = list(self.final_parameters().values())
-        others = [a for (start, _), a in self.alpha.items() if start != self.output] if intermediate else []
-        return [{"params": final + others, "lr": lr}]
+        return final + ([a for (start, _), a in self.alpha.items() if start != self.output] if intermediate else [])
 
     def _keep_best(self, lb: Tensor, best: Tensor, best_params: dict[tuple, Tensor]) -> None:
         """Row-wise: remember the bound and the final multipliers where this pass improved."""
@@ -125,3 +125,34 @@ class AlphaDeepPoly(DeepPoly):
             mask = improved.reshape(*improved.shape, *[1] * (value.dim() - 2))
             best_params[key] = torch.where(mask, value.detach(), best_params[key])
         best.copy_(torch.maximum(best, lb))
+
+
+class Adam:
+    """Adam (Kingma & Ba, 2015), as torch.optim.Adam computes it, on a list of tensors.
+
+    torch.optim's first use imports torch._dynamo, seconds of start-up that would
+    be charged to the first property's timeout.
+    """
+
+    def __init__(self, params: list[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        step_size = self.lr / (1 - b1 ** self.t)
+        correction2 = math.sqrt(1 - b2 ** self.t)
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / correction2).add_(self.eps), value=-step_size)

@@ -8,6 +8,7 @@ first. Every stage's bounds are sound; the first decision wins.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,13 +41,19 @@ def clause_margins(lower: Tensor, d: Tensor, clause: Tensor, n_clauses: int) -> 
     return out.scatter_reduce(1, clause.expand_as(rows), rows, reduce="amax")
 
 
-def multineuron_constraints(dp: DeepPoly, config: MNBaBConfig) -> dict[int, LayerConstraints]:
-    """Constraints over groups of unstable ReLUs of every layer, for one input box (N = 1)."""
+def multineuron_constraints(dp: DeepPoly, config: MNBaBConfig, deadline: float = math.inf
+                            ) -> dict[int, LayerConstraints]:
+    """Constraints over groups of unstable ReLUs of every layer, for one input box (N = 1).
+
+    Layers (and groups) not reached by the ``deadline`` get none: fewer constraints, still sound.
+    """
     plain = DeepPoly(dp.net, dp.lower, dp.upper)  # default slopes for the octahedral queries
     plain.bounds, plain.upper_lines = dp.bounds, dp.upper_lines
     directions = octahedral_directions(config.k).to(dp.lower)  # (D, k)
     out = {}
     for relu in dp.net.relu_nodes:
+        if time.monotonic() > deadline:
+            break
         pre = dp.net.nodes[relu].inputs[0]
         lo, hi = (t[0].flatten() for t in dp.bounds[pre])
         groups = select_groups(lo, hi, k=config.k, max_groups=config.max_groups)  # (G, k)
@@ -59,7 +66,7 @@ def multineuron_constraints(dp: DeepPoly, config: MNBaBConfig) -> dict[int, Laye
         with torch.no_grad():
             dir_upper = -plain.linear_lower(pre, A).reshape(g, len(directions))  # max of d . x_G
         hull = relu_hull_constraints(dir_upper.double().cpu(), lo[groups].double().cpu(),
-                                     hi[groups].double().cpu(), directions.double().cpu())
+                                     hi[groups].double().cpu(), directions.double().cpu(), deadline)
         if len(hull.groups) == 0:
             continue
         out[relu] = LayerConstraints(groups[hull.groups.to(groups.device)],
@@ -93,7 +100,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
                                                  done=decided))
     if not decided(bound) and config.multineuron and time.monotonic() < deadline:
         stats["stage"] = "multineuron"
-        dp.constraints = multineuron_constraints(dp, config)
+        dp.constraints = multineuron_constraints(dp, config, deadline)
         stats["multineuron_constraints"] = sum(len(c) for c in dp.constraints.values())
         dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
         if dp.gamma:

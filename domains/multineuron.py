@@ -22,6 +22,8 @@ which contains S.
 from __future__ import annotations
 
 import itertools
+import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,11 +75,13 @@ class GroupConstraints:
     c: Tensor  # (H,)   constants: a . x_G + b . y_G + c <= 0 holds on the group's set
 
 
-def relu_hull_constraints(dir_upper: Tensor, lower: Tensor, upper: Tensor, directions: Tensor) -> GroupConstraints:
+def relu_hull_constraints(dir_upper: Tensor, lower: Tensor, upper: Tensor, directions: Tensor,
+                          deadline: float = math.inf) -> GroupConstraints:
     """Constraints of the ReLU hull of every group.
 
     dir_upper: (G, D) upper bounds of d . x_G for the D rows of ``directions`` (D, k);
     lower, upper: (G, k) box bounds of the group's inputs. Returns float64 tensors.
+    Groups not reached by the ``deadline`` (time.monotonic()) get no constraints.
     """
     D = directions.double().numpy()
     k = D.shape[1]
@@ -87,6 +91,8 @@ def relu_hull_constraints(dir_upper: Tensor, lower: Tensor, upper: Tensor, direc
     systems = _hyperplane_systems(D)
     parts = []
     for g in range(dir_upper.shape[0]):
+        if time.monotonic() > deadline:
+            break
         u = _tightened(dir_upper[g].double().numpy(), D, lower[g].double().numpy(), upper[g].double().numpy())
         a, b, c = _group_hull(D, u, systems)
         if len(c):

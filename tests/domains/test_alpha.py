@@ -64,3 +64,20 @@ def test_optimisation_improves_somewhere():
         gains.append((AlphaDeepPoly(net, lower, upper).optimize(C, iterations=15)
                       - DeepPoly(net, lower, upper).bound(C)).max())
     assert max(gains) > 1e-2
+
+
+def test_adam_matches_torch_optim():
+    from domains.alpha import Adam
+
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = [torch.randn(3, 4, generator=g) for _ in range(2)], None
+    theirs = [p.clone().requires_grad_(True) for p in ours]
+    ours = [p.clone().requires_grad_(True) for p in ours]
+    opt_ours, opt_theirs = Adam(ours, 0.1), torch.optim.Adam(theirs, lr=0.1)
+    for step in range(5):
+        for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            sum(((p - step) ** 3).sum() for p in params).backward()
+            opt.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
