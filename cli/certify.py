@@ -12,11 +12,20 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from cli.errors import OneLineParser, UserError, run_main
 from domains.bab import BaBConfig
 from domains.mnbab import MNBaBConfig
 from verifier.certify import Pipeline
+from verifier.instances import (
+    InstanceResults,
+    Runner,
+    format_instance_table,
+    read_instances,
+    run_instances,
+    summarize_instances,
+)
 from verifier.onnx_import import load_onnx
 from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance
 from verifier.registry import DOMAINS, Options
@@ -27,6 +36,7 @@ from verifier.vnnlib import parse_vnnlib
 
 DEFAULT_DOMAINS = "box,deeppoly" + (",mnbab" if "mnbab" in DOMAINS else "")
 DEMO_EPS = "0.1"
+DEFAULT_TIMEOUT = 60.0
 
 
 def demo_files() -> tuple[Path, Path]:
@@ -47,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset", choices=("mnist", "cifar10"))
     source.add_argument("--inputs", help=".npz with x (N, *input_shape) in [clip-min, clip-max] and y (N,) labels")
     source.add_argument("--vnnlib", help="VNN-LIB property file (instead of eps / dataset / inputs)")
+    source.add_argument("--instances", help="VNN-COMP instances.csv (onnx, vnnlib, timeout per row; no MODEL): "
+                                            "verify every instance, results to --out")
     p.add_argument("--data-dir", help="dataset folder in torchvision layout (default: $NNCERT_DATA, else download)")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--start", type=int, default=0, help="index of the first sample")
@@ -55,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=float, nargs="+", help="normalisation applied before the model (per channel)")
     p.add_argument("--clip-min", type=float, default=0.0, help="lower end of the valid input range")
     p.add_argument("--clip-max", type=float, default=1.0, help="upper end of the valid input range")
-    p.add_argument("--timeout", type=float, default=60.0, help="wall-clock seconds per property")
+    p.add_argument("--timeout", type=float,
+                   help="wall-clock seconds per property (default 60; with --instances, each instance's own)")
     p.add_argument("--no-attack", action="store_true", help="skip the PGD attack stage")
     p.add_argument("--batch-size", type=int, default=32, help="samples bounded together by Box / DeepPoly")
     mnbab = p.add_argument_group("MN-BaB")
@@ -69,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="solver for --domain milp")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--json", help="write results here as they arrive")
+    p.add_argument("--out", help="with --instances: the results CSV, one row per instance and domain")
+    p.add_argument("--vnncomp-dir", help="with --instances: write each instance's VNN-COMP result file "
+                                         "(sat + counterexample / unsat / unknown / timeout) to DIR/DOMAIN/")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run stored in --json: samples already done in every domain are skipped")
+                   help="continue the run stored in --json (or --out): what is done in every domain is skipped")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -123,23 +139,28 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     domains = parse_domains(args.domain)
     device = device_of(args.device)
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError("--timeout must be positive")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    if args.instances:
+        return _main_instances(args, domains, device)
+    if args.out or args.vnncomp_dir:
+        raise UserError("--out and --vnncomp-dir go with --instances (use --json for samples and --vnnlib)")
     if args.model is None:
         if args.vnnlib or args.dataset:
             raise UserError("give a MODEL with --vnnlib or --dataset (without a model the bundled demo runs)")
         args.model, args.inputs = demo_files()
         args.eps = args.eps or DEMO_EPS
     if args.vnnlib is None and args.dataset is None and args.inputs is None:
-        raise UserError("give one of --dataset, --inputs or --vnnlib")
+        raise UserError("give one of --dataset, --inputs, --vnnlib or --instances")
     if args.num < 1 or args.start < 0:
         raise UserError("--num must be >= 1 and --start >= 0")
-    if args.timeout <= 0:
-        raise UserError("--timeout must be positive")
     if args.resume and not args.json:
         raise UserError("--resume needs --json (the results file to continue)")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    args.timeout = args.timeout or DEFAULT_TIMEOUT
     onnx_model = load_onnx(args.model)
 
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "model": str(args.model),
@@ -181,6 +202,43 @@ def _main(argv: list[str] | None) -> int:
     print(format_table(results.summary))
     if args.json:
         print(f"results written to {args.json}")
+    return 0
+
+
+def _main_instances(args, domains: list[str], device: torch.device) -> int:
+    """``--instances``: a VNN-COMP benchmark, one CSV row per instance and domain."""
+    if args.model or args.vnnlib or args.dataset or args.inputs:
+        raise UserError("--instances takes the models and properties from the csv: give no MODEL, --vnnlib, "
+                        "--dataset or --inputs")
+    if not args.out:
+        raise UserError("--instances needs --out (the results CSV)")
+    instances = read_instances(args.instances)
+    options = options_from(args)
+    meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "instances": args.instances,
+            "domains": domains, "timeout_s": args.timeout or "per instance", "device": str(device),
+            "options": dataclasses.asdict(options)}
+    results = InstanceResults(args.out, meta, resume=args.resume)
+
+    def make_pipeline(model, todo: list[str], timeout: float) -> Pipeline:
+        torch.manual_seed(args.seed)
+        return Pipeline(model.network.to(device), todo, model.oracle, timeout=timeout, attack=not args.no_attack,
+                        seed=args.seed, options=options)
+
+    bar = tqdm(total=len(instances), unit="instance", disable=args.quiet or not sys.stderr.isatty(), leave=False,
+               desc="certify " + ",".join(domains))
+
+    def progress(results: InstanceResults) -> None:
+        bar.update(1)
+        summary = summarize_instances(results.rows, domains)
+        bar.set_postfix({d: f"{s['unsat']} unsat {s['sat']} sat" for d, s in summary.items()})
+
+    try:
+        run_instances(instances, domains, results, Runner(make_pipeline, args.timeout),
+                      Path(args.vnncomp_dir) if args.vnncomp_dir else None, progress)
+    finally:
+        bar.close()
+    print(format_instance_table(summarize_instances(results.rows, domains)))
+    print(f"results written to {args.out}")
     return 0
 
 

@@ -76,10 +76,15 @@ def format_table(summary: dict[str, dict]) -> str:
         lines.append((domain, str(s["n"]), f"{100 * s['natural'] / n:.1f}%",
                       f"{s['certified']} ({100 * s['certified'] / n:.1f}%)", str(s["falsified"]),
                       str(s["unknown"]), str(s["timeout"]), f"{s['mean_time_s']:.3f}", f"{s['total_time_s']:.1f}"))
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    return text_table(header, lines)
+
+
+def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell, the first left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt.format(*header), rule, *(fmt.format(*row) for row in lines)])
+    return "\n".join([fmt.format(*header), rule, *(fmt.format(*row) for row in rows)])
 
 
 class ResultsFile:

@@ -13,6 +13,10 @@ from torch import nn
 
 from cli.certify import main
 from domains.from_torch import Normalize
+from tests.paths import vnncomp_dir
+from verifier.onnx_import import load_onnx
+from verifier.spec import PropertyBatch
+from verifier.vnnlib import parse_vnnlib
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +123,59 @@ def test_resume_keeps_finished_samples_and_completes_the_rest(tiny_model, tmp_pa
     assert code == 2 and "eps" in err and len(err.strip().splitlines()) == 1
 
 
+def _parse_counterexample(text: str) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [item.strip("() \n").split() for item in text.strip().strip("()").split(")")]
+    values = {name: float(v) for name, v in (p for p in pairs if len(p) == 2)}
+    xs = [values[f"X_{i}"] for i in range(sum(k.startswith("X_") for k in values))]
+    ys = [values[f"Y_{j}"] for j in range(sum(k.startswith("Y_") for k in values))]
+    return np.array(xs), np.array(ys)
+
+
+def test_instances_runner_on_vnncomp_files(tmp_path, capsys):
+    """A sat and an unsat MNIST property and an ACAS Xu property with two input boxes, through the CLI.
+
+    (The ACAS Xu property holds but is beyond a short timeout of ReLU branch-and-bound: it checks that a
+    disjunctive property runs to a sound answer within its timeout.)
+    """
+    bench = vnncomp_dir()
+    if bench is None:
+        pytest.skip("VNN-COMP benchmarks not found: set NNCERT_BENCHMARKS")
+    mnist, acas = bench / "2022_mnist_fc", bench / "acasxu"
+    rows = [(mnist / "onnx/mnist-net_256x2.onnx", mnist / "vnnlib/prop_1_0.03.vnnlib", 60),
+            (acas / "onnx/ACASXU_run2a_1_1_batch_2000.onnx", acas / "vnnlib/prop_6.vnnlib", 3),
+            (mnist / "onnx/mnist-net_256x2.onnx", mnist / "vnnlib/prop_0_0.03.vnnlib", 60)]
+    (tmp_path / "instances.csv").write_text("".join(f"{o},{v},{t}\n" for o, v, t in rows))
+    out, answers = tmp_path / "results.csv", tmp_path / "answers"
+    code, stdout, err = run(capsys, "--instances", tmp_path / "instances.csv", "--domain", "mnbab", "--out", out,
+                            "--vnncomp-dir", answers, "--quiet")
+    assert code == 0, err
+    lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
+    assert lines[0] == "onnx,vnnlib,domain,status,result,time_s"
+    results = [line.split(",") for line in lines[1:]]
+    assert [r[4] for r in results] == ["sat", "unsat" if results[1][3] == "certified" else "timeout", "unsat"]
+    assert float(results[1][5]) < 3 * 1.1  # the instance's own timeout, honoured
+    assert "mnbab" in stdout and "unsat" in stdout
+
+    answer = (answers / "mnbab" / "mnist-net_256x2__prop_1_0.03.txt").read_text()
+    first, _, rest = answer.partition("\n")
+    assert first == "sat"
+    x, y = _parse_counterexample(rest)
+    model = load_onnx(rows[0][0])
+    y_ort = model.run(x.reshape(1, *model.input_shape))[0]
+    np.testing.assert_allclose(y, y_ort, rtol=1e-6, atol=1e-6)
+    (prop,) = parse_vnnlib(rows[0][1])
+    assert np.all(x >= prop.lower.numpy() - 1e-9) and np.all(x <= prop.upper.numpy() + 1e-9)
+    margin = PropertyBatch.stack([prop]).property_margin(torch.as_tensor(y_ort, dtype=torch.float64)[None])
+    assert float(margin) <= 0  # the output property is violated: a real counterexample
+    assert (answers / "mnbab" / "ACASXU_run2a_1_1_batch_2000__prop_6.txt").read_text() == results[1][4] + "\n"
+
+    # resuming a finished run verifies nothing again
+    code, _, err = run(capsys, "--instances", tmp_path / "instances.csv", "--domain", "mnbab", "--out", out,
+                       "--quiet", "--resume")
+    assert code == 0, err
+    assert len([line for line in out.read_text().splitlines() if not line.startswith("#")]) == 4
+
+
 def _unsupported_model(path):
     node = helper.make_node("Sigmoid", ["x"], ["y"], name="sig0")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
@@ -129,7 +186,8 @@ def _unsupported_model(path):
 
 @pytest.mark.parametrize("case", ["missing_model", "bad_eps_fraction", "negative_eps", "unsupported_op",
                                   "shape_mismatch", "malformed_vnnlib", "unknown_domain", "no_samples",
-                                  "cuda_missing", "inputs_nan"])
+                                  "cuda_missing", "inputs_nan", "instances_without_out", "instances_malformed",
+                                  "instances_with_model", "out_without_instances"])
 def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys):
     model, inputs, _ = tiny_model
     args = {
@@ -143,6 +201,11 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
         "no_samples": [model, "--eps", "0.1"],
         "cuda_missing": [model, "--inputs", inputs, "--eps", "0.1", "--device", "cuda:7"],
         "inputs_nan": [model, "--inputs", _npz(tmp_path, np.full((2, 2, 4, 4), np.nan, np.float32)), "--eps", "0.1"],
+        "instances_without_out": ["--instances", _text(tmp_path / "i.csv", f"{model},{model},10\n")],
+        "instances_malformed": ["--instances", _text(tmp_path / "i.csv", f"{model},10\n"), "--out", tmp_path / "o"],
+        "instances_with_model": [model, "--instances", _text(tmp_path / "i.csv", f"{model},{model},10\n"),
+                                 "--out", tmp_path / "o.csv"],
+        "out_without_instances": [model, "--inputs", inputs, "--eps", "0.1", "--out", tmp_path / "o.csv"],
     }[case]
     if case == "cuda_missing" and torch.cuda.is_available() and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")

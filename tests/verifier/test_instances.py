@@ -1,0 +1,99 @@
+"""VNN-COMP instances: reading instances.csv, the results CSV and resume, the competition's result files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from verifier.certify import Row
+from verifier.instances import (
+    BenchmarkInstance,
+    InstanceResults,
+    counterexample_text,
+    read_instances,
+    run_instances,
+    summarize_instances,
+)
+from verifier.spec import SpecError
+
+
+@pytest.fixture
+def bench(tmp_path):
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "vnnlib").mkdir()
+    for name in ("onnx/a.onnx", "onnx/b.onnx", "vnnlib/p.vnnlib", "vnnlib/q.vnnlib"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "instances.csv").write_text("onnx/a.onnx,vnnlib/p.vnnlib,120\n\nonnx/b.onnx, vnnlib/q.vnnlib ,30.5\n")
+    return tmp_path
+
+
+def test_read_instances_resolves_paths_from_the_csv_folder(bench):
+    instances = read_instances(bench / "instances.csv")
+    assert instances == [BenchmarkInstance(bench / "onnx/a.onnx", bench / "vnnlib/p.vnnlib", 120.0),
+                         BenchmarkInstance(bench / "onnx/b.onnx", bench / "vnnlib/q.vnnlib", 30.5)]
+    assert instances[1].name == "b__q"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("onnx/a.onnx,vnnlib/p.vnnlib\n", "expected 'onnx,vnnlib,timeout'"),
+    ("onnx/a.onnx,vnnlib/p.vnnlib,soon\n", "is not a number"),
+    ("onnx/a.onnx,vnnlib/p.vnnlib,-1\n", "must be positive"),
+    ("onnx/missing.onnx,vnnlib/p.vnnlib,10\n", "not found"),
+    ("\n", "no instances"),
+])
+def test_read_instances_rejects_malformed_rows(bench, text, message):
+    (bench / "bad.csv").write_text(text)
+    with pytest.raises(SpecError, match=message):
+        read_instances(bench / "bad.csv")
+
+
+def test_counterexample_text_is_the_competition_format():
+    text = counterexample_text(np.array([[0.5, 1.0]]), np.array([2.0, -3.25]))
+    assert text == "((X_0 0.5)\n (X_1 1.0)\n (Y_0 2.0)\n (Y_1 -3.25))"
+
+
+class FakeRunner:
+    """Verdicts by instance name; records what it was asked."""
+
+    def __init__(self, verdicts):
+        self.verdicts, self.asked = verdicts, []
+
+    def verify(self, instance, domains):
+        self.asked.append((instance.name, tuple(domains)))
+        for domain in domains:
+            status = self.verdicts[instance.name]
+            example = torch.tensor([0.25, 0.75]) if status == "falsified" else None
+            yield Row(0, None, None, domain, status, 1.5, example)
+
+    def outputs(self, instance, x):
+        return x * 2
+
+
+def test_run_writes_rows_answers_and_resumes(bench, tmp_path):
+    instances = read_instances(bench / "instances.csv")
+    runner = FakeRunner({"a__p": "falsified", "b__q": "certified"})
+    out, answers = tmp_path / "results.csv", tmp_path / "answers"
+    meta = {"command": "certify --instances x", "seed": 0}
+    results = run_instances(instances[:1], ["box", "mnbab"], InstanceResults(out, meta), runner, answers)
+    assert [r["result"] for r in results.rows] == ["sat", "sat"]
+    assert (answers / "mnbab" / "a__p.txt").read_text() == (
+        "sat\n((X_0 0.25)\n (X_1 0.75)\n (Y_0 0.5)\n (Y_1 1.5))\n")
+
+    resumed = run_instances(instances, ["box", "mnbab"], InstanceResults(out, {"command": "again"}, resume=True),
+                            runner, answers)
+    assert runner.asked == [("a__p", ("box", "mnbab")), ("b__q", ("box", "mnbab"))]  # a__p not redone
+    assert (answers / "box" / "b__q.txt").read_text() == "unsat\n"
+    text = out.read_text()
+    assert text.startswith('# command: "certify --instances x"\n# seed: 0\nonnx,vnnlib,domain,status,result,time_s\n')
+    assert '# resumed: "again"' in text
+    summary = summarize_instances(resumed.rows, ["box", "mnbab"])
+    assert summary["box"] == {"n": 2, "unsat": 1, "sat": 1, "timeout": 0, "unknown": 0, "mean_time_s": 1.5,
+                              "total_time_s": 3.0}
+    assert len(InstanceResults(out, {}, resume=True).rows) == 4
+
+
+def test_resume_refuses_a_file_that_is_not_an_instances_csv(tmp_path):
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SpecError, match="not an instances results file"):
+        InstanceResults(tmp_path / "other.csv", {}, resume=True)
