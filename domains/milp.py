@@ -44,9 +44,12 @@ Tolerance policy (a ``certified`` must never be wrong):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -289,9 +292,25 @@ def _stop_when_decided(event) -> None:
         event.interrupt()
 
 
+@contextlib.contextmanager
+def _stdout_silenced():
+    """HiGHS prints a banner from C++ when constructed, before output can be turned off: hide fd 1 meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _solve_highs(p: _Problem, time_limit: float | None, decide: bool) -> _Solution:
     """Solve with HiGHS (highspy); raises RuntimeError unless HiGHS solves, is stopped by us, or runs out of time."""
-    h = highspy.Highs()
+    with _stdout_silenced():
+        h = highspy.Highs()
     for name, value in _HIGHS_OPTIONS.items():
         h.setOptionValue(name, value)
     if time_limit is not None:

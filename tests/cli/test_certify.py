@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -73,6 +76,15 @@ def test_large_eps_falsifies_with_checked_counterexamples(tiny_model, capsys, tm
     assert code == 0, err
     statuses = [r["status"] for r in json.loads((tmp_path / "r.json").read_text())["results"]]
     assert "falsified" in statuses and "certified" not in statuses
+
+
+def test_stdout_is_only_the_table(tiny_model):
+    """Solvers' banners (HiGHS prints one from C++) must not reach stdout, which users parse."""
+    model, inputs, _ = tiny_model
+    out = subprocess.run([sys.executable, "-m", "cli.certify", str(model), "--inputs", str(inputs), "--eps", "1/255",
+                          "--domain", "milp", "--num", "3", "--quiet"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.startswith("domain ") and "HiGHS" not in out, out
 
 
 def test_vnnlib_mode_one_row_per_property(tiny_model, tmp_path, capsys):
