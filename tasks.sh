@@ -3,6 +3,7 @@
 #   bash tasks.sh demo    install, then certify the bundled model on the bundled samples (box, deeppoly, mnbab)
 #   bash tasks.sh test    install, then run the test suite (the slow checks are opt-in: bash tasks.sh test -m slow)
 #   bash tasks.sh lint    ruff
+#   bash tasks.sh install only create/update .venv
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -41,5 +42,6 @@ case "$task" in
     demo) install; .venv/bin/certify "$@" ;;
     test) install; shared_data; .venv/bin/python -m pytest -n 2 -m "not slow" "$@" ;;
     lint) install; .venv/bin/ruff check . ;;
-    *) echo "usage: bash tasks.sh demo|test|lint [args...]" >&2; exit 2 ;;
+    install) install ;;
+    *) echo "usage: bash tasks.sh demo|test|lint|install [args...]" >&2; exit 2 ;;
 esac

@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,21 @@ def counterexample_text(x: np.ndarray, y: np.ndarray) -> str:
     pairs = [f"(X_{i} {v!r})" for i, v in enumerate(x.ravel().astype(float).tolist())]
     pairs += [f"(Y_{j} {v!r})" for j, v in enumerate(y.ravel().astype(float).tolist())]
     return "(" + "\n ".join(pairs) + ")"
+
+
+def read_answer(path: str | os.PathLike) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """A competition result file: (answer, flat inputs X, outputs Y), X and Y only after ``sat``."""
+    text = Path(path).read_text().strip()
+    answer, _, rest = text.partition("\n")
+    answer = answer.strip()
+    if answer != "sat":
+        return answer, None, None
+    values = {}
+    for name, value in re.findall(r"\(\s*([XY]_\d+)\s+([^()\s]+)\s*\)", rest):
+        values[name] = float(value)
+    xs = [values[f"X_{i}"] for i in range(sum(k.startswith("X_") for k in values))]
+    ys = [values[f"Y_{j}"] for j in range(sum(k.startswith("Y_") for k in values))]
+    return answer, np.array(xs), np.array(ys)
 
 
 def write_answer(path: Path, status: str, counterexample: str | None = None) -> None:

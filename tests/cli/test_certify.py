@@ -17,6 +17,7 @@ from torch import nn
 from cli.certify import main
 from domains.from_torch import Normalize
 from tests.paths import vnncomp_dir
+from verifier.instances import read_answer
 from verifier.onnx_import import load_onnx
 from verifier.spec import PropertyBatch
 from verifier.vnnlib import parse_vnnlib
@@ -135,14 +136,6 @@ def test_resume_keeps_finished_samples_and_completes_the_rest(tiny_model, tmp_pa
     assert code == 2 and "eps" in err and len(err.strip().splitlines()) == 1
 
 
-def _parse_counterexample(text: str) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [item.strip("() \n").split() for item in text.strip().strip("()").split(")")]
-    values = {name: float(v) for name, v in (p for p in pairs if len(p) == 2)}
-    xs = [values[f"X_{i}"] for i in range(sum(k.startswith("X_") for k in values))]
-    ys = [values[f"Y_{j}"] for j in range(sum(k.startswith("Y_") for k in values))]
-    return np.array(xs), np.array(ys)
-
-
 def test_instances_runner_on_vnncomp_files(tmp_path, capsys):
     """A sat and an unsat MNIST property and an ACAS Xu property with two input boxes, through the CLI.
 
@@ -165,13 +158,11 @@ def test_instances_runner_on_vnncomp_files(tmp_path, capsys):
     assert lines[0] == "onnx,vnnlib,domain,status,result,time_s"
     results = [line.split(",") for line in lines[1:]]
     assert [r[4] for r in results] == ["sat", "unsat" if results[1][3] == "certified" else "timeout", "unsat"]
-    assert float(results[1][5]) < 3 * 1.1  # the instance's own timeout, honoured
+    assert float(results[1][5]) < 3 * 1.1 + 0.5  # the instance's own timeout, honoured (slack for a busy machine)
     assert "mnbab" in stdout and "unsat" in stdout
 
-    answer = (answers / "mnbab" / "mnist-net_256x2__prop_1_0.03.txt").read_text()
-    first, _, rest = answer.partition("\n")
-    assert first == "sat"
-    x, y = _parse_counterexample(rest)
+    answer, x, y = read_answer(answers / "mnbab" / "mnist-net_256x2__prop_1_0.03.txt")
+    assert answer == "sat"
     model = load_onnx(rows[0][0])
     y_ort = model.run(x.reshape(1, *model.input_shape))[0]
     np.testing.assert_allclose(y, y_ort, rtol=1e-6, atol=1e-6)

@@ -11,6 +11,7 @@ from verifier.instances import (
     BenchmarkInstance,
     InstanceResults,
     counterexample_text,
+    read_answer,
     read_instances,
     run_instances,
     summarize_instances,
@@ -48,9 +49,14 @@ def test_read_instances_rejects_malformed_rows(bench, text, message):
         read_instances(bench / "bad.csv")
 
 
-def test_counterexample_text_is_the_competition_format():
+def test_counterexample_text_is_the_competition_format(tmp_path):
     text = counterexample_text(np.array([[0.5, 1.0]]), np.array([2.0, -3.25]))
     assert text == "((X_0 0.5)\n (X_1 1.0)\n (Y_0 2.0)\n (Y_1 -3.25))"
+    (tmp_path / "r.txt").write_text("sat\n" + text + "\n")
+    answer, x, y = read_answer(tmp_path / "r.txt")
+    assert answer == "sat" and x.tolist() == [0.5, 1.0] and y.tolist() == [2.0, -3.25]
+    (tmp_path / "r.txt").write_text("unsat\n")
+    assert read_answer(tmp_path / "r.txt") == ("unsat", None, None)
 
 
 class FakeRunner:
