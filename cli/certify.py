@@ -51,14 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "bundled demo (a SABR-trained MNIST network on the first 100 MNIST test images, eps 0.1).")
     p.add_argument("model", nargs="?", help="ONNX model (default: the bundled demo network)")
     p.add_argument("--eps", help="L-inf radius in input space, e.g. 0.1 or 2/255")
-    p.add_argument("--domain", default=DEFAULT_DOMAINS,
-                   help=f"comma-separated domains among {', '.join(DOMAINS)} (default: {DEFAULT_DOMAINS})")
     source = p.add_argument_group("samples (one of)")
     source.add_argument("--dataset", choices=("mnist", "cifar10"))
     source.add_argument("--inputs", help=".npz with x (N, *input_shape) in [clip-min, clip-max] and y (N,) labels")
     source.add_argument("--vnnlib", help="VNN-LIB property file (instead of eps / dataset / inputs)")
     source.add_argument("--instances", help="VNN-COMP instances.csv (onnx, vnnlib, timeout per row; no MODEL): "
                                             "verify every instance, results to --out")
+    add_sample_options(p)
+    add_verifier_options(p, timeout_help="wall-clock seconds per property (default 60; with --instances, each "
+                                         "instance's own)")
+    p.add_argument("--json", help="write results here as they arrive")
+    p.add_argument("--out", help="with --instances: the results CSV, one row per instance and domain")
+    p.add_argument("--vnncomp-dir", help="with --instances: write each instance's VNN-COMP result file "
+                                         "(sat + counterexample / unsat / unknown / timeout) to DIR/DOMAIN/")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run stored in --json (or --out): what is done in every domain is skipped")
+    return p
+
+
+def add_sample_options(p: argparse.ArgumentParser) -> None:
+    """Where L-inf samples come from and how they are normalised."""
     p.add_argument("--data-dir", help="dataset folder in torchvision layout (default: $NNCERT_DATA, else download)")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--start", type=int, default=0, help="index of the first sample")
@@ -67,8 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=float, nargs="+", help="normalisation applied before the model (per channel)")
     p.add_argument("--clip-min", type=float, default=0.0, help="lower end of the valid input range")
     p.add_argument("--clip-max", type=float, default=1.0, help="upper end of the valid input range")
-    p.add_argument("--timeout", type=float,
-                   help="wall-clock seconds per property (default 60; with --instances, each instance's own)")
+
+
+def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
+    """Domains, their settings and the machine."""
+    p.add_argument("--domain", default=DEFAULT_DOMAINS,
+                   help=f"comma-separated domains among {', '.join(DOMAINS)} (default: {DEFAULT_DOMAINS})")
+    p.add_argument("--timeout", type=float, help=timeout_help)
     p.add_argument("--no-attack", action="store_true", help="skip the PGD attack stage")
     p.add_argument("--batch-size", type=int, default=32, help="samples bounded together by Box / DeepPoly")
     mnbab = p.add_argument_group("MN-BaB")
@@ -81,16 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     mnbab.add_argument("--milp-backend", choices=("auto", "highs", "gurobi"), default="auto",
                        help="solver for --domain milp")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--json", help="write results here as they arrive")
-    p.add_argument("--out", help="with --instances: the results CSV, one row per instance and domain")
-    p.add_argument("--vnncomp-dir", help="with --instances: write each instance's VNN-COMP result file "
-                                         "(sat + counterexample / unsat / unknown / timeout) to DIR/DOMAIN/")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run stored in --json (or --out): what is done in every domain is skipped")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
 def parse_domains(text: str) -> list[str]:
@@ -137,14 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    domains = parse_domains(args.domain)
-    device = device_of(args.device)
-    if args.timeout is not None and args.timeout <= 0:
-        raise UserError("--timeout must be positive")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    domains, device = check_verifier_options(args)
     if args.instances:
         return _main_instances(args, domains, device)
     if args.out or args.vnncomp_dir:
@@ -156,21 +159,44 @@ def _main(argv: list[str] | None) -> int:
         args.eps = args.eps or DEMO_EPS
     if args.vnnlib is None and args.dataset is None and args.inputs is None:
         raise UserError("give one of --dataset, --inputs, --vnnlib or --instances")
-    if args.num < 1 or args.start < 0:
-        raise UserError("--num must be >= 1 and --start >= 0")
     if args.resume and not args.json:
         raise UserError("--resume needs --json (the results file to continue)")
-    args.timeout = args.timeout or DEFAULT_TIMEOUT
-    onnx_model = load_onnx(args.model)
+    results = certify_run(args, domains, device)
+    if args.vnnlib:
+        for row in results.rows:
+            print(f"{row['domain']}: {row['status']} ({row['time_s']:.2f} s)")
+    print(format_table(results.summary))
+    if args.json:
+        print(f"results written to {args.json}")
+    return 0
 
+
+def check_verifier_options(args) -> tuple[list[str], torch.device]:
+    """Validates the shared options (and applies --threads); returns the domains and the device."""
+    domains = parse_domains(args.domain)
+    device = device_of(args.device)
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError("--timeout must be positive")
+    if args.num < 1 or args.start < 0:
+        raise UserError("--num must be >= 1 and --start >= 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    return domains, device
+
+
+def certify_run(args, domains: list[str], device: torch.device) -> ResultsFile:
+    """One model on L-inf samples (args.eps) or a VNN-LIB file, streamed to args.json (resumed with args.resume)."""
+    timeout = args.timeout or DEFAULT_TIMEOUT
+    onnx_model = load_onnx(args.model)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "model": str(args.model),
-            "model_sha256": onnx_model.sha256, "domains": domains, "timeout_s": args.timeout,
+            "model_sha256": onnx_model.sha256, "domains": domains, "timeout_s": timeout,
             "device": str(device), "options": dataclasses.asdict(options_from(args))}
     if args.vnnlib:
         props = parse_vnnlib(args.vnnlib, n_inputs=None, n_outputs=None)
         instances = [vnnlib_instance(props, onnx_model.input_shape, onnx_model.output_size)]
         model = adapt_to_images(onnx_model.network, onnx_model.run, onnx_model.input_shape)
-        network, oracle = model.network, model.oracle
         meta.update(vnnlib=str(args.vnnlib))
     else:
         if args.eps is None:
@@ -180,14 +206,13 @@ def _main(argv: list[str] | None) -> int:
         eps = parse_eps(args.eps, args.clip_min, args.clip_max)
         x, y, dataset = load_samples(args)
         model = adapt_to_images(onnx_model.network, onnx_model.run, tuple(x.shape[1:]), args.mean, args.std)
-        network, oracle = model.network, model.oracle
         instances = linf_instances(x, y, eps, onnx_model.output_size, args.clip_min, args.clip_max, args.start)
         meta.update(eps=eps, eps_text=args.eps, dataset=dataset, inputs=str(args.inputs) if args.inputs else None,
                     split=args.split, start=args.start, num=len(instances), mean=args.mean, std=args.std,
                     clip=[args.clip_min, args.clip_max])
 
     torch.manual_seed(args.seed)
-    pipeline = Pipeline(network.to(device), domains, oracle, timeout=args.timeout, attack=not args.no_attack,
+    pipeline = Pipeline(model.network.to(device), domains, model.oracle, timeout=timeout, attack=not args.no_attack,
                         seed=args.seed, options=options_from(args), chunk_size=args.batch_size)
     if args.resume:
         results = ResultsFile.resume(args.json, meta, domains)
@@ -195,14 +220,7 @@ def _main(argv: list[str] | None) -> int:
         instances = [inst for inst in instances if inst.index not in done]
     else:
         results = ResultsFile(args.json, meta, domains)
-    certify_instances(pipeline, instances, results, progress=not args.quiet and sys.stderr.isatty())
-    if args.vnnlib:
-        for row in results.rows:
-            print(f"{row['domain']}: {row['status']} ({row['time_s']:.2f} s)")
-    print(format_table(results.summary))
-    if args.json:
-        print(f"results written to {args.json}")
-    return 0
+    return certify_instances(pipeline, instances, results, progress=not args.quiet and sys.stderr.isatty())
 
 
 def _main_instances(args, domains: list[str], device: torch.device) -> int:

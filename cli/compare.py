@@ -1,0 +1,80 @@
+"""`compare`: several models, radii and domains on the same samples; results.json, table.md and plot.png.
+
+Argument parsing and wiring only; each (model, eps) is one `certify` run (streamed, resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+from pathlib import Path
+
+from cli.certify import DEFAULT_TIMEOUT, add_sample_options, add_verifier_options, certify_run, check_verifier_options
+from cli.errors import OneLineParser, UserError, run_main
+from verifier.compare import comparison_rows, comparison_table, model_labels, plot
+from verifier.results import command_line, versions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="compare",
+                      description="Certify several models at several radii with several domains on the same "
+                                  "samples, and compare: DIR/results.json, DIR/table.md, DIR/plot.png.")
+    p.add_argument("models", nargs="+", help="ONNX models")
+    p.add_argument("--eps", required=True, help="comma-separated L-inf radii, e.g. 0.05,0.1 or 1/255,2/255")
+    source = p.add_argument_group("samples (one of)")
+    source.add_argument("--dataset", choices=("mnist", "cifar10"))
+    source.add_argument("--inputs", help=".npz with x (N, *input_shape) in [clip-min, clip-max] and y (N,) labels")
+    add_sample_options(p)
+    add_verifier_options(p, timeout_help="wall-clock seconds per property (default 60)")
+    p.add_argument("--out", required=True, help="output folder (per-run JSON files in DIR/runs/)")
+    p.add_argument("--resume", action="store_true", help="continue the runs in --out, skipping what is done")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("compare", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    domains, device = check_verifier_options(args)
+    if (args.dataset is None) == (args.inputs is None):
+        raise UserError("give one of --dataset or --inputs")
+    if len(set(map(str, args.models))) < len(args.models):
+        raise UserError("a model is given twice")
+    radii = [e.strip() for e in args.eps.split(",") if e.strip()]
+    if not radii:
+        raise UserError(f"--eps {args.eps!r} gives no radius")
+    out = Path(args.out)
+    runs = []
+    for model, label in zip(args.models, model_labels(args.models)):
+        for eps in radii:
+            run_args = copy.copy(args)
+            run_args.model, run_args.eps, run_args.vnnlib = model, eps, None
+            run_args.json = out / "runs" / f"{re.sub(r'[^A-Za-z0-9.]+', '_', label)}__eps_{_safe(eps)}.json"
+            results = certify_run(run_args, domains, device)
+            runs.append({"model": label, "path": model, "model_sha256": results.meta["model_sha256"], "eps": eps,
+                         "results_file": str(run_args.json), "summary": results.summary})
+            print(f"{label} eps {eps}: " + ", ".join(f"{d} {s['certified']}/{s['n']}"
+                                                      for d, s in results.summary.items()), file=sys.stderr)
+    rows = comparison_rows(runs)
+    meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "domains": domains,
+            "eps": radii, "models": args.models, "timeout_s": args.timeout or DEFAULT_TIMEOUT, "dataset": args.dataset,
+            "inputs": args.inputs, "start": args.start, "num": args.num}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": runs, "rows": rows}, indent=1))
+    (out / "table.md").write_text(comparison_table(rows, markdown=True))
+    plot(rows, out / "plot.png")
+    print(comparison_table(rows))
+    print(f"results written to {out}/ (results.json, table.md, plot.png)")
+    return 0
+
+
+def _safe(eps: str) -> str:
+    return re.sub(r"[^0-9.]+", "_", eps)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

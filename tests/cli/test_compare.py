@@ -1,0 +1,71 @@
+"""`compare` end to end on the bundled model: files, table, resume and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli.certify import demo_files
+from cli.compare import main
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    model, inputs = demo_files()
+    for name in ("a", "b"):
+        (folder / name).mkdir()
+        shutil.copy(model, folder / name / "model.onnx")
+    return [folder / "a" / "model.onnx", folder / "b" / "model.onnx"], inputs
+
+
+def test_compare_writes_results_table_and_plot(two_models, tmp_path, capsys):
+    models, inputs = two_models
+    out = tmp_path / "cmp"
+    args = [*models, "--inputs", inputs, "--eps", "0.1,1/8", "--domain", "box,deeppoly", "--num", "6", "--out", out,
+            "--quiet", "--threads", "1"]
+    assert main([str(a) for a in args]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["eps"]) for r in data["runs"]] == [("a/model", "0.1"), ("a/model", "1/8"),
+                                                             ("b/model", "0.1"), ("b/model", "1/8")]
+    assert len(data["rows"]) == 8 and {"command", "versions", "seed", "domains", "eps"} <= set(data["meta"])
+    for run in data["runs"]:  # the summaries are those of the streamed per-run files
+        assert json.loads(Path(run["results_file"]).read_text())["summary"] == run["summary"]
+    by_key = {(r["model"], r["eps"], r["domain"]): r for r in data["rows"]}
+    for model in ("a/model", "b/model"):
+        for eps in ("0.1", "1/8"):
+            assert by_key[(model, eps, "box")]["certified"] <= by_key[(model, eps, "deeppoly")]["certified"]
+        assert by_key[(model, "1/8", "deeppoly")]["certified"] <= by_key[(model, "0.1", "deeppoly")]["certified"]
+    table = (out / "table.md").read_text()
+    assert table.startswith("| model | eps | domain |") and table.count("\n") == 2 + 8
+    assert "a/model" in printed and "deeppoly" in printed
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # resuming a finished comparison recomputes nothing and gives the same rows
+    before = {p.name: p.read_text() for p in (out / "runs").iterdir()}
+    assert main([str(a) for a in args] + ["--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["rows"] == data["rows"]
+    after = {p.name: json.loads(p.read_text())["results"] for p in (out / "runs").iterdir()}
+    assert after == {name: json.loads(text)["results"] for name, text in before.items()}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--eps", ","], "no radius"),
+    (["--eps", "0.1", "--domain", "zonotope"], "unknown domain"),
+    (["--eps", "-1"], "eps"),
+])
+def test_bad_arguments_give_one_line(two_models, tmp_path, capsys, extra, message):
+    models, inputs = two_models
+    code = main([str(models[0]), "--inputs", str(inputs), "--out", str(tmp_path / "o"), "--quiet", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_model_given_twice_is_refused(two_models, tmp_path, capsys):
+    models, inputs = two_models
+    code = main([str(models[0]), str(models[0]), "--inputs", str(inputs), "--eps", "0.1", "--out", str(tmp_path)])
+    assert code == 2 and "twice" in capsys.readouterr().err

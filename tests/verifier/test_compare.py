@@ -1,0 +1,22 @@
+"""Comparison rows, tables and labels."""
+
+from verifier.compare import comparison_rows, comparison_table, model_labels
+
+
+def test_labels_are_unique_short_names():
+    assert model_labels(["x/ibp.onnx", "y/sabr.onnx"]) == ["ibp", "sabr"]
+    assert model_labels(["runs/ibp/model.onnx", "runs/sabr/model.onnx"]) == ["ibp/model", "sabr/model"]
+
+
+def test_rows_and_tables():
+    summary = {"n": 4, "natural": 3, "certified": 2, "falsified": 1, "unknown": 0, "timeout": 0,
+               "misclassified": 1, "mean_time_s": 0.5, "total_time_s": 2.0}
+    rows = comparison_rows([{"model": "m", "eps": "0.1", "summary": {"box": summary}}])
+    assert rows == [{"model": "m", "eps": "0.1", "domain": "box", "n": 4, "natural": 0.75, "certified": 0.5,
+                     "falsified": 1, "unknown": 0, "timeout": 0, "mean_time_s": 0.5}]
+    markdown = comparison_table(rows, markdown=True).splitlines()
+    assert markdown[0].startswith("| model | eps | domain | n | natural | certified |")
+    assert markdown[2] == "| m | 0.1 | box | 4 | 75.0% | 50.0% | 1 | 0 | 0 | 0.500 |"
+    text = comparison_table(rows).splitlines()
+    assert text[0].split() == ["model", "eps", "domain", "n", "natural", "certified", "falsified", "unknown",
+                               "timeout", "mean", "s"]
