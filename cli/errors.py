@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 
@@ -33,7 +35,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 def run_main(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None,
              interrupted: str = "results computed so far were saved") -> int:
-    """Run a command's main, mapping user errors to exit 2 and Ctrl-C to exit 130."""
+    """Run a command's main, mapping user errors to exit 2 and Ctrl-C or SIGTERM to exit 130.
+
+    Results are written as they are computed (atomically), so an interrupted
+    run keeps everything finished before the signal.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return main(argv)
     except KeyboardInterrupt:
@@ -43,3 +51,11 @@ def run_main(prog: str, main: Callable[[list[str] | None], int], argv: list[str]
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    """SIGTERM handled like Ctrl-C: unwinds to run_main, which reports and exits."""
+    raise KeyboardInterrupt

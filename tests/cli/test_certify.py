@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +231,31 @@ def _npz(folder, x):
 def _text(path, text):
     path.write_text(text)
     return path
+
+
+def test_sigterm_keeps_finished_results_and_resume_completes(tmp_path):
+    """A run killed with SIGTERM midway exits 130 with a valid results file, and --resume finishes it."""
+    out_json = tmp_path / "r.json"
+    command = [sys.executable, "-m", "cli.certify", "--num", "40", "--domain", "box,mnbab", "--batch-size", "4",
+               "--json", str(out_json), "--quiet", "--threads", "1"]
+    root = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if out_json.exists() and len(json.loads(out_json.read_text())["results"]) >= 6:
+            break
+        time.sleep(0.05)
+    if process.poll() is not None:
+        pytest.skip("the run finished before it could be interrupted")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    partial = json.loads(out_json.read_text())["results"]
+    assert 6 <= len(partial) < 80
+
+    done = subprocess.run(command + ["--resume"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out_json.read_text())["results"]
+    expected = sorted((i, d) for i in range(40) for d in ("box", "mnbab"))
+    assert sorted((r["index"], r["domain"]) for r in rows) == expected
