@@ -29,6 +29,7 @@ class MNBaBConfig:
     multineuron: bool = True
     k: int = 3  # neurons per multi-neuron group (2..4)
     max_groups: int = 60  # groups per ReLU layer
+    multineuron_share: float = 0.25  # at most this share of the remaining time goes into computing the hulls
     gamma_iterations: int = 20
     bab: bool = True
     bab_config: BaBConfig = field(default_factory=BaBConfig)
@@ -100,7 +101,8 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
                                                  done=decided))
     if not decided(bound) and config.multineuron and time.monotonic() < deadline:
         stats["stage"] = "multineuron"
-        dp.constraints = multineuron_constraints(dp, config, deadline)
+        now = time.monotonic()
+        dp.constraints = multineuron_constraints(dp, config, now + config.multineuron_share * (deadline - now))
         stats["multineuron_constraints"] = sum(len(c) for c in dp.constraints.values())
         dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
         if dp.gamma:
