@@ -98,6 +98,7 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     mnbab.add_argument("--milp-backend", choices=("auto", "highs", "gurobi"), default="auto",
                        help="solver for --domain milp")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--float64", action="store_true", help="compute bounds in float64 (default float32)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -192,7 +193,8 @@ def certify_run(args, domains: list[str], device: torch.device) -> ResultsFile:
     onnx_model = load_onnx(args.model)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "model": str(args.model),
             "model_sha256": onnx_model.sha256, "domains": domains, "timeout_s": timeout,
-            "device": str(device), "options": dataclasses.asdict(options_from(args))}
+            "device": str(device), "dtype": "float64" if args.float64 else "float32",
+            "options": dataclasses.asdict(options_from(args))}
     if args.vnnlib:
         props = parse_vnnlib(args.vnnlib, n_inputs=None, n_outputs=None)
         instances = [vnnlib_instance(props, onnx_model.input_shape, onnx_model.output_size)]
@@ -212,7 +214,8 @@ def certify_run(args, domains: list[str], device: torch.device) -> ResultsFile:
                     clip=[args.clip_min, args.clip_max])
 
     torch.manual_seed(args.seed)
-    pipeline = Pipeline(model.network.to(device), domains, model.oracle, timeout=timeout, attack=not args.no_attack,
+    network = model.network.to(device, torch.float64 if args.float64 else torch.float32)
+    pipeline = Pipeline(network, domains, model.oracle, timeout=timeout, attack=not args.no_attack,
                         seed=args.seed, options=options_from(args), chunk_size=args.batch_size)
     if args.resume:
         results = ResultsFile.resume(args.json, meta, domains)

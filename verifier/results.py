@@ -22,7 +22,7 @@ from pathlib import Path
 
 STATUS_KEYS = ("certified", "falsified", "unknown", "timeout", "misclassified")
 # meta entries that must agree for a run to be resumed from an existing file
-RESUME_KEYS = ("model_sha256", "domains", "eps", "dataset", "inputs", "split", "vnnlib", "clip", "mean", "std",
+RESUME_KEYS = ("model_sha256", "domains", "dtype", "eps", "dataset", "inputs", "split", "vnnlib", "clip", "mean", "std",
                "timeout_s", "seed")
 
 

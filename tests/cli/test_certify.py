@@ -112,7 +112,14 @@ def test_vnnlib_mode_one_row_per_property(tiny_model, tmp_path, capsys):
 def test_bundled_demo_runs(capsys, tmp_path):
     code, out, err = run(capsys, "--num", "5", "--domain", "box,deeppoly", "--json", tmp_path / "d.json", "--quiet")
     assert code == 0, err
-    assert json.loads((tmp_path / "d.json").read_text())["summary"]["deeppoly"]["n"] == 5
+    single = json.loads((tmp_path / "d.json").read_text())
+    assert single["summary"]["deeppoly"]["n"] == 5 and single["meta"]["dtype"] == "float32"
+    code, out, err = run(capsys, "--num", "5", "--domain", "box,deeppoly", "--json", tmp_path / "d64.json", "--quiet",
+                         "--float64")
+    assert code == 0, err
+    double = json.loads((tmp_path / "d64.json").read_text())
+    assert double["meta"]["dtype"] == "float64"
+    assert [r["status"] for r in double["results"]] == [r["status"] for r in single["results"]]
 
 
 def test_resume_keeps_finished_samples_and_completes_the_rest(tiny_model, tmp_path, capsys):
