@@ -74,3 +74,14 @@ def random_network(seed: int, kind: str, detach: bool = False) -> tuple[nn.Modul
         raise ValueError(kind)
     net = network_from_torch(model, shape)
     return model, net.detach() if detach else net
+
+
+KINDS = ["fc", "conv", "residual"]
+
+
+def random_region(net: Network, seed: int, n: int = 3, eps: float = 0.08, rows: int = 4):
+    """n input boxes of radius eps around random points, and random rows C (n, rows, *out) to bound."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *net.input_shape, generator=g)
+    C = torch.randn(n, rows, *net.output_shape, generator=g)
+    return x - eps, x + eps, C

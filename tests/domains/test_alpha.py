@@ -5,24 +5,15 @@ import torch
 
 from domains.alpha import AlphaDeepPoly
 from domains.deeppoly import DeepPoly
-from tests.random_nets import random_network
+from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import concrete_minimum
-
-KINDS = ["fc", "conv", "residual"]
-
-
-def _region(net, seed, n=2, eps=0.15):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, *net.input_shape, generator=g)
-    C = torch.randn(n, 3, *net.output_shape, generator=g)
-    return x - eps, x + eps, C
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("seed", range(4))
 def test_optimised_bound_sound_and_at_least_deeppoly(kind, seed):
     _, net = random_network(seed, kind, detach=True)
-    lower, upper, C = _region(net, seed)
+    lower, upper, C = random_region(net, seed, n=2, eps=0.15, rows=3)
     deeppoly = DeepPoly(net, lower, upper).bound(C)
     alpha = AlphaDeepPoly(net, lower, upper)
     optimised = alpha.optimize(C, iterations=15)
@@ -41,7 +32,7 @@ def test_optimised_bound_sound_and_at_least_deeppoly(kind, seed):
 def test_random_slopes_are_sound(kind):
     """Any alpha in [0, 1], for intermediate and final bounds alike, gives a valid bound."""
     _, net = random_network(7, kind, detach=True)
-    lower, upper, C = _region(net, 7)
+    lower, upper, C = random_region(net, 7, n=2, eps=0.15, rows=3)
     reference = concrete_minimum(net, lower, upper, C, seed=7)
     for trial in range(5):
         alpha = AlphaDeepPoly(net, lower, upper)
@@ -60,7 +51,7 @@ def test_optimisation_improves_somewhere():
     gains = []
     for seed in range(3):
         _, net = random_network(seed, "conv", detach=True)
-        lower, upper, C = _region(net, seed)
+        lower, upper, C = random_region(net, seed, n=2, eps=0.15, rows=3)
         gains.append((AlphaDeepPoly(net, lower, upper).optimize(C, iterations=15)
                       - DeepPoly(net, lower, upper).bound(C)).max())
     assert max(gains) > 1e-2

@@ -5,24 +5,15 @@ import torch
 
 from domains import box
 from domains.network import Linear, Network
-from tests.random_nets import random_network
+from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import concrete_minimum
-
-KINDS = ["fc", "conv", "residual"]
-
-
-def _region(net, seed, n=3, eps=0.08):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, *net.input_shape, generator=g)
-    C = torch.randn(n, 4, *net.output_shape, generator=g)
-    return x - eps, x + eps, C
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("seed", range(6))
 def test_box_bounds_contain_concrete_points(kind, seed):
     _, net = random_network(seed, kind)
-    lower, upper, C = _region(net, seed)
+    lower, upper, C = random_region(net, seed)
     with torch.no_grad():
         bound = box.bound_linear(net, lower, upper, C)
     assert (bound <= concrete_minimum(net, lower, upper, C, seed=seed) + 1e-5).all()
@@ -31,7 +22,7 @@ def test_box_bounds_contain_concrete_points(kind, seed):
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_node_interval_contains_samples(kind):
     _, net = random_network(3, kind)
-    lower, upper, _ = _region(net, 3, n=2, eps=0.2)
+    lower, upper, _ = random_region(net, 3, n=2, eps=0.2)
     with torch.no_grad():
         bounds = box.propagate(net, lower, upper)
         points = lower + (upper - lower) * torch.rand(500, *lower.shape)
@@ -52,7 +43,7 @@ def test_exact_for_one_affine_layer():
 
 def test_folding_the_spec_is_tighter_than_output_intervals():
     _, net = random_network(0, "fc")
-    lower, upper, C = _region(net, 0)
+    lower, upper, C = random_region(net, 0)
     lo, hi = box.propagate(net, lower, upper)[-1]
     naive = torch.einsum("nkj,nj->nk", C.clamp(min=0), lo) + torch.einsum("nkj,nj->nk", C.clamp(max=0), hi)
     assert (box.bound_linear(net, lower, upper, C) >= naive - 1e-5).all()
@@ -60,7 +51,7 @@ def test_folding_the_spec_is_tighter_than_output_intervals():
 
 def test_differentiable_with_respect_to_parameters():
     model, net = random_network(1, "conv")
-    lower, upper, C = _region(net, 1)
+    lower, upper, C = random_region(net, 1)
     box.bound_linear(net, lower, upper, C).sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)

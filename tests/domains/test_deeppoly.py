@@ -5,24 +5,15 @@ import torch
 
 from domains import box
 from domains.deeppoly import DeepPoly, min_area_lower_slope, triangle_upper, unstable_indices
-from tests.random_nets import random_network
+from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import concrete_minimum
-
-KINDS = ["fc", "conv", "residual"]
-
-
-def _region(net, seed, n=3, eps=0.08):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, *net.input_shape, generator=g)
-    C = torch.randn(n, 4, *net.output_shape, generator=g)
-    return x - eps, x + eps, C
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("seed", range(6))
 def test_deeppoly_sound_and_at_least_box(kind, seed):
     _, net = random_network(seed, kind)
-    lower, upper, C = _region(net, seed)
+    lower, upper, C = random_region(net, seed)
     with torch.no_grad():
         dp = DeepPoly(net, lower, upper).bound(C)
         bx = box.bound_linear(net, lower, upper, C)
@@ -33,7 +24,7 @@ def test_deeppoly_sound_and_at_least_box(kind, seed):
 @pytest.mark.parametrize("kind", KINDS)
 def test_intermediate_bounds_sound_and_inside_box(kind):
     _, net = random_network(4, kind)
-    lower, upper, _ = _region(net, 4, n=2, eps=0.15)
+    lower, upper, _ = random_region(net, 4, n=2, eps=0.15)
     with torch.no_grad():
         dp = DeepPoly(net, lower, upper)
         dp.compute_intermediate_bounds()
@@ -51,7 +42,7 @@ def test_tighter_than_box_somewhere():
     gains = []
     for seed in range(4):
         _, net = random_network(seed, "fc")
-        lower, upper, C = _region(net, seed, eps=0.15)
+        lower, upper, C = random_region(net, seed, eps=0.15)
         with torch.no_grad():
             gains.append((DeepPoly(net, lower, upper).bound(C) - box.bound_linear(net, lower, upper, C)).max())
     assert max(gains) > 1e-3
@@ -83,7 +74,7 @@ def test_unstable_indices_pads_with_a_valid_index():
 
 def test_argmin_corner_attains_linear_bound():
     _, net = random_network(5, "fc")
-    lower, upper, C = _region(net, 5)
+    lower, upper, C = random_region(net, 5)
     with torch.no_grad():
         dp = DeepPoly(net, lower, upper)
         bound, corner = dp.bound_with_argmin(C)
