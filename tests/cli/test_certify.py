@@ -199,7 +199,11 @@ def _unsupported_model(path):
 @pytest.mark.parametrize("case", ["missing_model", "bad_eps_fraction", "negative_eps", "unsupported_op",
                                   "shape_mismatch", "malformed_vnnlib", "unknown_domain", "no_samples",
                                   "cuda_missing", "inputs_nan", "instances_without_out", "instances_malformed",
-                                  "instances_with_model", "out_without_instances"])
+                                  "instances_with_model", "out_without_instances", "eps_beyond_range", "not_onnx",
+                                  "two_outputs", "label_out_of_range", "float_labels", "inputs_without_y",
+                                  "vnnlib_undeclared", "vnnlib_empty_box", "vnnlib_size_mismatch", "zero_timeout",
+                                  "zero_threads", "zero_num", "resume_without_json", "clip_inverted",
+                                  "mean_wrong_count", "std_zero", "device_bogus", "eps_text"])
 def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys):
     model, inputs, _ = tiny_model
     args = {
@@ -218,6 +222,26 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
         "instances_with_model": [model, "--instances", _text(tmp_path / "i.csv", f"{model},{model},10\n"),
                                  "--out", tmp_path / "o.csv"],
         "out_without_instances": [model, "--inputs", inputs, "--eps", "0.1", "--out", tmp_path / "o.csv"],
+        "eps_beyond_range": [model, "--inputs", inputs, "--eps", "2"],
+        "not_onnx": [_text(tmp_path / "n.onnx", "this is not a model"), "--inputs", inputs, "--eps", "0.1"],
+        "two_outputs": [_two_output_model(tmp_path / "two.onnx"), "--inputs", inputs, "--eps", "0.1"],
+        "label_out_of_range": [model, "--inputs", _npz(tmp_path, np.zeros((2, 2, 4, 4), np.float32), y=[0, 7]),
+                               "--eps", "0.1"],
+        "float_labels": [model, "--inputs", _npz(tmp_path, np.zeros((2, 2, 4, 4), np.float32), y=[0.0, 1.5]),
+                         "--eps", "0.1"],
+        "inputs_without_y": [model, "--inputs", _npz_x_only(tmp_path), "--eps", "0.1"],
+        "vnnlib_undeclared": [model, "--vnnlib", _text(tmp_path / "u.vnnlib", "(assert (<= X_0 1))")],
+        "vnnlib_empty_box": [model, "--vnnlib", _vnnlib(tmp_path, lower=0.6, upper=0.4)],
+        "vnnlib_size_mismatch": [model, "--vnnlib", _vnnlib(tmp_path, n_inputs=5)],
+        "zero_timeout": [model, "--inputs", inputs, "--eps", "0.1", "--timeout", "0"],
+        "zero_threads": [model, "--inputs", inputs, "--eps", "0.1", "--threads", "0"],
+        "zero_num": [model, "--inputs", inputs, "--eps", "0.1", "--num", "0"],
+        "resume_without_json": [model, "--inputs", inputs, "--eps", "0.1", "--resume"],
+        "clip_inverted": [model, "--inputs", inputs, "--eps", "0.1", "--clip-min", "1", "--clip-max", "0"],
+        "mean_wrong_count": [model, "--inputs", inputs, "--eps", "0.1", "--mean", "0.1", "0.2", "0.3"],
+        "std_zero": [model, "--inputs", inputs, "--eps", "0.1", "--std", "0"],
+        "device_bogus": [model, "--inputs", inputs, "--eps", "0.1", "--device", "gpu9000"],
+        "eps_text": [model, "--inputs", inputs, "--eps", "tiny"],
     }[case]
     if case == "cuda_missing" and torch.cuda.is_available() and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
@@ -229,9 +253,31 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
         assert "Sigmoid" in lines[0] and "sig0" in lines[0]
 
 
-def _npz(folder, x):
+def _npz(folder, x, y=None):
     path = folder / "bad.npz"
-    np.savez(path, x=x, y=np.zeros(len(x), np.int64))
+    np.savez(path, x=x, y=np.zeros(len(x), np.int64) if y is None else np.array(y))
+    return path
+
+
+def _npz_x_only(folder):
+    path = folder / "x_only.npz"
+    np.savez(path, x=np.zeros((2, 2, 4, 4), np.float32))
+    return path
+
+
+def _vnnlib(folder, n_inputs=32, lower=0.4, upper=0.6):
+    lines = [f"(declare-const X_{i} Real)" for i in range(n_inputs)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
+    lines += [f"(assert (>= X_{i} {lower}))\n(assert (<= X_{i} {upper}))" for i in range(n_inputs)]
+    lines.append("(assert (>= Y_1 Y_0))")
+    return _text(folder / "p.vnnlib", "\n".join(lines))
+
+
+def _two_output_model(path):
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["x"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 32])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     return path
 
 
