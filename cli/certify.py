@@ -37,6 +37,7 @@ from verifier.vnnlib import parse_vnnlib
 DEFAULT_DOMAINS = "box,deeppoly" + (",mnbab" if "mnbab" in DOMAINS else "")
 DEMO_EPS = "0.1"
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_NUM = 100
 
 
 def demo_files() -> tuple[Path, Path]:
@@ -73,8 +74,8 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     """Where L-inf samples come from and how they are normalised."""
     p.add_argument("--data-dir", help="dataset folder in torchvision layout (default: $NNCERT_DATA, else download)")
     p.add_argument("--split", default="test", choices=("train", "test"))
-    p.add_argument("--start", type=int, default=0, help="index of the first sample")
-    p.add_argument("--num", type=int, default=100, help="number of samples")
+    p.add_argument("--start", type=int, default=0, help="index of the first sample (or instance)")
+    p.add_argument("--num", type=int, help=f"number of samples (default {DEFAULT_NUM}; instances: all)")
     p.add_argument("--mean", type=float, nargs="+", help="normalisation applied before the model (per channel)")
     p.add_argument("--std", type=float, nargs="+", help="normalisation applied before the model (per channel)")
     p.add_argument("--clip-min", type=float, default=0.0, help="lower end of the valid input range")
@@ -133,6 +134,7 @@ def options_from(args) -> Options:
 
 def load_samples(args) -> tuple[torch.Tensor, torch.Tensor, str | None]:
     """Images (N, C, H, W) or inputs (N, *shape), labels (N,), and the dataset name if any."""
+    args.num = args.num or DEFAULT_NUM
     if args.inputs:
         x, y = load_inputs_npz(args.inputs, args.clip_min, args.clip_max)
         return x[args.start:args.start + args.num], y[args.start:args.start + args.num], None
@@ -178,7 +180,7 @@ def check_verifier_options(args) -> tuple[list[str], torch.device]:
     device = device_of(args.device)
     if args.timeout is not None and args.timeout <= 0:
         raise UserError("--timeout must be positive")
-    if args.num < 1 or args.start < 0:
+    if (args.num is not None and args.num < 1) or args.start < 0:
         raise UserError("--num must be >= 1 and --start >= 0")
     if args.threads is not None:
         if args.threads < 1:
@@ -233,9 +235,12 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
                         "--dataset or --inputs")
     if not args.out:
         raise UserError("--instances needs --out (the results CSV)")
-    instances = read_instances(args.instances)
+    instances = read_instances(args.instances)[args.start:args.start + args.num if args.num else None]
+    if not instances:
+        raise UserError(f"--start {args.start} is past the last instance")
     options = options_from(args)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "instances": args.instances,
+            "start": args.start, "num": len(instances),
             "domains": domains, "timeout_s": args.timeout or "per instance", "device": str(device),
             "options": dataclasses.asdict(options)}
     results = InstanceResults(args.out, meta, resume=args.resume)

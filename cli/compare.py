@@ -12,7 +12,14 @@ import re
 import sys
 from pathlib import Path
 
-from cli.certify import DEFAULT_TIMEOUT, add_sample_options, add_verifier_options, certify_run, check_verifier_options
+from cli.certify import (
+    DEFAULT_NUM,
+    DEFAULT_TIMEOUT,
+    add_sample_options,
+    add_verifier_options,
+    certify_run,
+    check_verifier_options,
+)
 from cli.errors import OneLineParser, UserError, run_main
 from verifier.compare import comparison_rows, comparison_table, model_labels, plot
 from verifier.results import command_line, versions
@@ -63,7 +70,7 @@ def _main(argv: list[str] | None) -> int:
     rows = comparison_rows(runs)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "domains": domains,
             "eps": radii, "models": args.models, "timeout_s": args.timeout or DEFAULT_TIMEOUT, "dataset": args.dataset,
-            "inputs": args.inputs, "start": args.start, "num": args.num}
+            "inputs": args.inputs, "start": args.start, "num": args.num or DEFAULT_NUM}
     (out / "results.json").write_text(json.dumps({"meta": meta, "runs": runs, "rows": rows}, indent=1))
     (out / "table.md").write_text(comparison_table(rows, markdown=True))
     plot(rows, out / "plot.png")

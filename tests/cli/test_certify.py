@@ -181,6 +181,12 @@ def test_instances_runner_on_vnncomp_files(tmp_path, capsys):
     assert float(margin) <= 0  # the output property is violated: a real counterexample
     assert (answers / "mnbab" / "ACASXU_run2a_1_1_batch_2000__prop_6.txt").read_text() == results[1][4] + "\n"
 
+    # a slice of the csv
+    code, _, err = run(capsys, "--instances", tmp_path / "instances.csv", "--domain", "mnbab", "--out",
+                       tmp_path / "first.csv", "--quiet", "--start", "0", "--num", "1")
+    assert code == 0, err
+    assert len([line for line in (tmp_path / "first.csv").read_text().splitlines() if not line.startswith("#")]) == 2
+
     # resuming a finished run verifies nothing again
     code, _, err = run(capsys, "--instances", tmp_path / "instances.csv", "--domain", "mnbab", "--out", out,
                        "--quiet", "--resume")
@@ -203,7 +209,8 @@ def _unsupported_model(path):
                                   "two_outputs", "label_out_of_range", "float_labels", "inputs_without_y",
                                   "vnnlib_undeclared", "vnnlib_empty_box", "vnnlib_size_mismatch", "zero_timeout",
                                   "zero_threads", "zero_num", "resume_without_json", "clip_inverted",
-                                  "mean_wrong_count", "std_zero", "device_bogus", "eps_text"])
+                                  "mean_wrong_count", "std_zero", "device_bogus", "eps_text",
+                                  "instances_start_past_end"])
 def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys):
     model, inputs, _ = tiny_model
     args = {
@@ -231,8 +238,8 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
                          "--eps", "0.1"],
         "inputs_without_y": [model, "--inputs", _npz_x_only(tmp_path), "--eps", "0.1"],
         "vnnlib_undeclared": [model, "--vnnlib", _text(tmp_path / "u.vnnlib", "(assert (<= X_0 1))")],
-        "vnnlib_empty_box": [model, "--vnnlib", _vnnlib(tmp_path, lower=0.6, upper=0.4)],
-        "vnnlib_size_mismatch": [model, "--vnnlib", _vnnlib(tmp_path, n_inputs=5)],
+        "vnnlib_empty_box": [model, "--vnnlib", _vnnlib(tmp_path, "empty.vnnlib", lower=0.6, upper=0.4)],
+        "vnnlib_size_mismatch": [model, "--vnnlib", _vnnlib(tmp_path, "five.vnnlib", n_inputs=5)],
         "zero_timeout": [model, "--inputs", inputs, "--eps", "0.1", "--timeout", "0"],
         "zero_threads": [model, "--inputs", inputs, "--eps", "0.1", "--threads", "0"],
         "zero_num": [model, "--inputs", inputs, "--eps", "0.1", "--num", "0"],
@@ -242,6 +249,9 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
         "std_zero": [model, "--inputs", inputs, "--eps", "0.1", "--std", "0"],
         "device_bogus": [model, "--inputs", inputs, "--eps", "0.1", "--device", "gpu9000"],
         "eps_text": [model, "--inputs", inputs, "--eps", "tiny"],
+        "instances_start_past_end": ["--instances", _text(tmp_path / "one.csv",
+                                                          f"{model},{_vnnlib(tmp_path, 'ok.vnnlib')},10\n"),
+                                     "--out", tmp_path / "o.csv", "--start", "5"],
     }[case]
     if case == "cuda_missing" and torch.cuda.is_available() and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
@@ -265,11 +275,11 @@ def _npz_x_only(folder):
     return path
 
 
-def _vnnlib(folder, n_inputs=32, lower=0.4, upper=0.6):
+def _vnnlib(folder, name, n_inputs=32, lower=0.4, upper=0.6):
     lines = [f"(declare-const X_{i} Real)" for i in range(n_inputs)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
     lines += [f"(assert (>= X_{i} {lower}))\n(assert (<= X_{i} {upper}))" for i in range(n_inputs)]
     lines.append("(assert (>= Y_1 Y_0))")
-    return _text(folder / "p.vnnlib", "\n".join(lines))
+    return _text(folder / name, "\n".join(lines))
 
 
 def _two_output_model(path):
