@@ -55,9 +55,11 @@ def plot(rows: list[dict], path: str | os.PathLike) -> None:
         width = 0.8 / len(domains)
         for j, domain in enumerate(domains):
             xs = [i + (j - (len(domains) - 1) / 2) * width for i in range(len(models))]
-            ax.bar(xs, [value.get((m, eps_values[0], domain), 0) for m in models], width, label=domain)
-        ax.scatter(range(len(models)), [natural.get((m, eps_values[0]), 0) for m in models], marker="_", s=600,
-                   color="black", label="natural", zorder=3)
+            bars = ax.bar(xs, [value.get((m, eps_values[0], domain), 0) for m in models], width, label=domain)
+            ax.bar_label(bars, fmt="%.1f", fontsize="small", label_type="center", color="white")
+        ax.hlines([natural.get((m, eps_values[0]), 0) for m in models], [i - 0.45 for i in range(len(models))],
+                  [i + 0.45 for i in range(len(models))], colors="black", linestyles="dashed",
+                  label="natural accuracy", zorder=3)
         ax.set_xticks(range(len(models)), models)
         ax.set_title(f"eps = {eps_values[0]}")
     else:
@@ -71,8 +73,9 @@ def plot(rows: list[dict], path: str | os.PathLike) -> None:
                         label=f"{m} {domain}" if len(models) > 1 else domain)
         ax.set_xlabel("eps")
     ax.set_ylabel("certified accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize="small")
+    ax.set_ylim(0, 110)
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15 if len(eps_values) == 1 else -0.2),
+              ncol=min(4, len(domains) * (1 if len(eps_values) == 1 else len(models)) + 1), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
