@@ -240,14 +240,15 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
         raise UserError(f"--start {args.start} is past the last instance")
     options = options_from(args)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "instances": args.instances,
-            "start": args.start, "num": len(instances),
+            "start": args.start, "num": len(instances), "dtype": "float64" if args.float64 else "float32",
             "domains": domains, "timeout_s": args.timeout or "per instance", "device": str(device),
             "options": dataclasses.asdict(options)}
     results = InstanceResults(args.out, meta, resume=args.resume)
 
     def make_pipeline(model, todo: list[str], timeout: float) -> Pipeline:
         torch.manual_seed(args.seed)
-        return Pipeline(model.network.to(device), todo, model.oracle, timeout=timeout, attack=not args.no_attack,
+        network = model.network.to(device, torch.float64 if args.float64 else torch.float32)
+        return Pipeline(network, todo, model.oracle, timeout=timeout, attack=not args.no_attack,
                         seed=args.seed, options=options)
 
     bar = tqdm(total=len(instances), unit="instance", disable=args.quiet or not sys.stderr.isatty(), leave=False,
