@@ -122,8 +122,9 @@ class InstanceResults:
         self.rows: list[dict] = []
         if resume and self.path.exists():
             self.rows = self._read()
+            torn = not self.path.read_bytes().endswith(b"\n")
             with open(self.path, "a") as f:
-                f.write(f"# resumed: {json.dumps(meta.get('command'))}\n")
+                f.write(("\n" if torn else "") + f"# resumed: {json.dumps(meta.get('command'))}\n")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:
@@ -136,9 +137,14 @@ class InstanceResults:
         reader = csv.DictReader(lines)
         if tuple(reader.fieldnames or ()) != COLUMNS:
             raise SpecError(f"cannot resume: {self.path} is not an instances results file")
-        rows = list(reader)
-        for row in rows:
-            row["time_s"] = float(row["time_s"])
+        rows = []
+        for row in reader:  # a row torn by a hard kill is dropped: its instance runs again
+            try:
+                row["time_s"] = float(row["time_s"])
+            except (TypeError, ValueError):
+                continue
+            if row["result"] in ANSWER.values():
+                rows.append(row)
         return rows
 
     def done(self) -> set[tuple[str, str, str]]:

@@ -103,3 +103,15 @@ def test_resume_refuses_a_file_that_is_not_an_instances_csv(tmp_path):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SpecError, match="not an instances results file"):
         InstanceResults(tmp_path / "other.csv", {}, resume=True)
+
+
+def test_resume_drops_a_torn_last_row(tmp_path):
+    out = tmp_path / "r.csv"
+    results = InstanceResults(out, {"command": "x"})
+    instance = BenchmarkInstance(tmp_path / "a.onnx", tmp_path / "p.vnnlib", 10.0)
+    results.add(instance, "box", "certified", 1.0)
+    with open(out, "a") as f:
+        f.write(f"{tmp_path / 'b.onnx'},{tmp_path / 'q.vnnlib'},box,certi")  # killed mid-write
+    resumed = InstanceResults(out, {"command": "y"}, resume=True)
+    assert [(r["onnx"], r["result"]) for r in resumed.rows] == [(str(instance.onnx), "unsat")]
+    assert '\n# resumed: "y"\n' in out.read_text()
