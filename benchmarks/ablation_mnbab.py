@@ -22,20 +22,19 @@ import dataclasses
 import json
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cli.certify import demo_files  # noqa: E402
 from domains.bab import BaBConfig  # noqa: E402
 from domains.mnbab import MNBaBConfig  # noqa: E402
 from verifier.certify import Pipeline  # noqa: E402
 from verifier.onnx_import import load_onnx  # noqa: E402
-from verifier.problems import adapt_to_images, linf_instances  # noqa: E402
+from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz  # noqa: E402
 from verifier.registry import Options  # noqa: E402
 from verifier.results import command_line, summarize, versions  # noqa: E402
 
@@ -61,9 +60,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    data = np.load(str(resources.files("verifier") / "data" / "mnist_first100.npz"))
-    x = torch.as_tensor(data["x"][:args.num], dtype=torch.float32)
-    y = torch.as_tensor(data["y"][:args.num], dtype=torch.long)
+    x, y = load_inputs_npz(demo_files()[1], 0.0, 1.0)
+    x, y = x[:args.num], y[:args.num]
     onnx_model = load_onnx(args.model)
     model = adapt_to_images(onnx_model.network, onnx_model.run, tuple(x.shape[1:]))
     rows = {}

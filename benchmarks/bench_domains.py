@@ -25,7 +25,6 @@ import os
 import statistics
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +33,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cli.certify import demo_files  # noqa: E402
 from domains import box  # noqa: E402
 from domains.deeppoly import DeepPoly  # noqa: E402
 from verifier.onnx_import import load_onnx  # noqa: E402
-from verifier.problems import adapt_to_images  # noqa: E402
+from verifier.problems import adapt_to_images, load_inputs_npz  # noqa: E402
 from verifier.results import command_line, versions  # noqa: E402
-from verifier.spec import robustness_spec  # noqa: E402
+from verifier.spec import linf_ball, robustness_spec  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:
@@ -59,7 +59,7 @@ def problems(net, x: torch.Tensor, y: torch.Tensor, eps: float):
     x, y = x[keep], y[keep]
     n_out = net.output_shape[0]
     C = torch.stack([robustness_spec(int(label), n_out).C for label in y])
-    return (x - eps).clamp(0, 1), (x + eps).clamp(0, 1), C, int(keep.sum())
+    return *linf_ball(x, eps), C, int(keep.sum())
 
 
 def bench_network(name: str, onnx_path: Path, eps: float, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict:
@@ -115,9 +115,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     bench_dir = Path(args.benchmarks or os.environ.get("NNCERT_BENCHMARKS") or REPO.parent / "shared" / "benchmarks")
-    data = np.load(str(resources.files("verifier") / "data" / "mnist_first100.npz"))
-    x, y = torch.as_tensor(data["x"], dtype=torch.float32), torch.as_tensor(data["y"], dtype=torch.long)
-    demo = Path(str(resources.files("verifier") / "data" / "demo_mnist.onnx"))
+    demo, samples = demo_files()
+    x, y = load_inputs_npz(samples, 0.0, 1.0)
     networks = [("demo cnn3 (SABR)", demo, 0.1), ("demo cnn3 (SABR)", demo, 0.3),
                 ("mnist_fc 256x6", bench_dir / "vnncomp" / "2022_mnist_fc" / "onnx" / "mnist-net_256x6.onnx", 0.03)]
     rows = []

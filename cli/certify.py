@@ -52,13 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "bundled demo (a SABR-trained MNIST network on the first 100 MNIST test images, eps 0.1).")
     p.add_argument("model", nargs="?", help="ONNX model (default: the bundled demo network)")
     p.add_argument("--eps", help="L-inf radius in input space, e.g. 0.1 or 2/255")
-    source = p.add_argument_group("samples (one of)")
-    source.add_argument("--dataset", choices=("mnist", "cifar10"))
-    source.add_argument("--inputs", help=".npz with x (N, *input_shape) in [clip-min, clip-max] and y (N,) labels")
+    source = add_sample_options(p)
     source.add_argument("--vnnlib", help="VNN-LIB property file (instead of eps / dataset / inputs)")
     source.add_argument("--instances", help="VNN-COMP instances.csv (onnx, vnnlib, timeout per row; no MODEL): "
                                             "verify every instance, results to --out")
-    add_sample_options(p)
     add_verifier_options(p, timeout_help="wall-clock seconds per property (default 60; with --instances, each "
                                          "instance's own)")
     p.add_argument("--json", help="write results here as they arrive")
@@ -70,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_sample_options(p: argparse.ArgumentParser) -> None:
-    """Where L-inf samples come from and how they are normalised."""
+def add_sample_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Where L-inf samples come from and how they are normalised; returns the group of sample sources."""
+    source = p.add_argument_group("samples (one of)")
+    source.add_argument("--dataset", choices=("mnist", "cifar10"))
+    source.add_argument("--inputs", help=".npz with x (N, *input_shape) in [clip-min, clip-max] and y (N,) labels")
     p.add_argument("--data-dir", help="dataset folder in torchvision layout (default: $NNCERT_DATA, else download)")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--start", type=int, default=0, help="index of the first sample (or instance)")
@@ -80,6 +80,7 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", type=float, nargs="+", help="normalisation applied before the model (per channel)")
     p.add_argument("--clip-min", type=float, default=0.0, help="lower end of the valid input range")
     p.add_argument("--clip-max", type=float, default=1.0, help="upper end of the valid input range")
+    return source
 
 
 def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
@@ -134,13 +135,13 @@ def options_from(args) -> Options:
 
 def load_samples(args) -> tuple[torch.Tensor, torch.Tensor, str | None]:
     """Images (N, C, H, W) or inputs (N, *shape), labels (N,), and the dataset name if any."""
-    args.num = args.num or DEFAULT_NUM
+    num = args.num or DEFAULT_NUM
     if args.inputs:
         x, y = load_inputs_npz(args.inputs, args.clip_min, args.clip_max)
-        return x[args.start:args.start + args.num], y[args.start:args.start + args.num], None
+        return x[args.start:args.start + num], y[args.start:args.start + num], None
     from training.datasets import load_dataset
 
-    data = load_dataset(args.dataset, args.split, args.data_dir).subset(args.start, args.num)
+    data = load_dataset(args.dataset, args.split, args.data_dir).subset(args.start, num)
     return data.x, data.y, args.dataset
 
 
@@ -189,13 +190,25 @@ def check_verifier_options(args) -> tuple[list[str], torch.device]:
     return domains, device
 
 
+def dtype_of(args) -> torch.dtype:
+    return torch.float64 if args.float64 else torch.float32
+
+
+def make_pipeline(args, model, domains: list[str], timeout: float, device: torch.device) -> Pipeline:
+    """The pipeline the options ask for, on ``model`` (a Model: network and oracle) moved to device and dtype."""
+    torch.manual_seed(args.seed)
+    return Pipeline(model.network.to(device, dtype_of(args)), domains, model.oracle, timeout=timeout,
+                    attack=not args.no_attack, seed=args.seed, options=options_from(args),
+                    chunk_size=args.batch_size)
+
+
 def certify_run(args, domains: list[str], device: torch.device) -> ResultsFile:
     """One model on L-inf samples (args.eps) or a VNN-LIB file, streamed to args.json (resumed with args.resume)."""
     timeout = args.timeout or DEFAULT_TIMEOUT
     onnx_model = load_onnx(args.model)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "model": str(args.model),
             "model_sha256": onnx_model.sha256, "domains": domains, "timeout_s": timeout,
-            "device": str(device), "dtype": "float64" if args.float64 else "float32",
+            "device": str(device), "dtype": str(dtype_of(args)).removeprefix("torch."),
             "options": dataclasses.asdict(options_from(args))}
     if args.vnnlib:
         props = parse_vnnlib(args.vnnlib, n_inputs=None, n_outputs=None)
@@ -215,10 +228,7 @@ def certify_run(args, domains: list[str], device: torch.device) -> ResultsFile:
                     split=args.split, start=args.start, num=len(instances), mean=args.mean, std=args.std,
                     clip=[args.clip_min, args.clip_max])
 
-    torch.manual_seed(args.seed)
-    network = model.network.to(device, torch.float64 if args.float64 else torch.float32)
-    pipeline = Pipeline(network, domains, model.oracle, timeout=timeout, attack=not args.no_attack,
-                        seed=args.seed, options=options_from(args), chunk_size=args.batch_size)
+    pipeline = make_pipeline(args, model, domains, timeout, device)
     if args.resume:
         results = ResultsFile.resume(args.json, meta, domains)
         done = results.completed()
@@ -238,18 +248,11 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
     instances = read_instances(args.instances)[args.start:args.start + args.num if args.num else None]
     if not instances:
         raise UserError(f"--start {args.start} is past the last instance")
-    options = options_from(args)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "instances": args.instances,
-            "start": args.start, "num": len(instances), "dtype": "float64" if args.float64 else "float32",
+            "start": args.start, "num": len(instances), "dtype": str(dtype_of(args)).removeprefix("torch."),
             "domains": domains, "timeout_s": args.timeout or "per instance", "device": str(device),
-            "options": dataclasses.asdict(options)}
+            "options": dataclasses.asdict(options_from(args))}
     results = InstanceResults(args.out, meta, resume=args.resume)
-
-    def make_pipeline(model, todo: list[str], timeout: float) -> Pipeline:
-        torch.manual_seed(args.seed)
-        network = model.network.to(device, torch.float64 if args.float64 else torch.float32)
-        return Pipeline(network, todo, model.oracle, timeout=timeout, attack=not args.no_attack,
-                        seed=args.seed, options=options)
 
     bar = tqdm(total=len(instances), unit="instance", disable=args.quiet or not sys.stderr.isatty(), leave=False,
                desc="certify " + ",".join(domains))
@@ -260,7 +263,8 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
         bar.set_postfix({d: f"{s['unsat']} unsat {s['sat']} sat" for d, s in summary.items()})
 
     try:
-        run_instances(instances, domains, results, Runner(make_pipeline, args.timeout),
+        runner = Runner(lambda model, todo, timeout: make_pipeline(args, model, todo, timeout, device), args.timeout)
+        run_instances(instances, domains, results, runner,
                       Path(args.vnncomp_dir) if args.vnncomp_dir else None, progress)
     finally:
         bar.close()
