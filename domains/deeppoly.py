@@ -128,14 +128,15 @@ class DeepPoly:
         size = lo[0].numel()
         widest = max(math.prod(shape) for shape in self.net.shapes[:node + 1])
         step = k if not self.rows_chunkable(node) else max(1, self.chunk_elements // (2 * n * widest))
-        bounds = []
+        lowers, uppers = [], []  # (N, chunk) each: lower bounds of +x_i and of -x_i
         for part in idx.split(step, dim=1):
             eye = torch.zeros(n, part.shape[1], size, dtype=lo.dtype, device=lo.device)
             eye.scatter_(2, part.unsqueeze(-1), 1.0)
-            bounds.append(self.linear_lower(node, torch.cat([eye, -eye], 1).reshape(n, -1, *lo.shape[1:])))
-        bound = torch.cat([b[:, :b.shape[1] // 2] for b in bounds] + [b[:, b.shape[1] // 2:] for b in bounds], 1)
-        new_lo = lo.flatten(1).scatter(1, idx, torch.maximum(bound[:, :k], lo.flatten(1).gather(1, idx)))
-        new_hi = hi.flatten(1).scatter(1, idx, torch.minimum(-bound[:, k:], hi.flatten(1).gather(1, idx)))
+            bound = self.linear_lower(node, torch.cat([eye, -eye], 1).reshape(n, -1, *lo.shape[1:]))
+            lowers.append(bound[:, :part.shape[1]])
+            uppers.append(-bound[:, part.shape[1]:])
+        new_lo = lo.flatten(1).scatter(1, idx, torch.maximum(torch.cat(lowers, 1), lo.flatten(1).gather(1, idx)))
+        new_hi = hi.flatten(1).scatter(1, idx, torch.minimum(torch.cat(uppers, 1), hi.flatten(1).gather(1, idx)))
         return new_lo.view_as(lo), new_hi.view_as(hi)
 
     def rows_chunkable(self, node: int) -> bool:

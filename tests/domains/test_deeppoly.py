@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from domains import box
-from domains.deeppoly import DeepPoly, min_area_lower_slope, triangle_upper, unstable_indices
+from domains.deeppoly import DeepPoly, exact_by_intervals, min_area_lower_slope, triangle_upper, unstable_indices
 from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import concrete_minimum
 
@@ -81,3 +81,21 @@ def test_argmin_corner_attains_linear_bound():
         y = net(corner.reshape(-1, *net.input_shape)).reshape(*C.shape[:2], -1)
     value = (C * y).sum(-1)
     assert (value >= bound - 1e-5).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_skipped_nodes_gain_nothing_from_back_substitution(kind):
+    """Nodes deemed exact by intervals are not back-substituted; doing it anyway must not tighten them."""
+    _, net = random_network(2, kind)
+    lower, upper, _ = random_region(net, 2, eps=0.3)
+    exact = exact_by_intervals(net)
+    pre = {net.nodes[r].inputs[0] for r in net.relu_nodes}
+    assert exact & pre  # the first layer's pre-activations
+    with torch.no_grad():
+        skipping = DeepPoly(net, lower, upper)
+        skipping.compute_intermediate_bounds()
+        everything = DeepPoly(net, lower, upper)
+        everything.pre_activations = pre
+        everything.compute_intermediate_bounds()
+    for i in exact & pre:
+        torch.testing.assert_close(skipping.bounds[i], everything.bounds[i], rtol=0, atol=1e-5)
