@@ -43,6 +43,7 @@ from verifier.shard import (
     finished_samples,
     merge_instance_results,
     merge_results,
+    shard_files,
 )
 from verifier.spec import SpecError, parse_eps
 from verifier.vnnlib import parse_vnnlib
@@ -203,7 +204,7 @@ def _main_samples(args, domains: list[str], device: torch.device) -> int:
         raise UserError("--resume needs --json (the results file to continue)")
     check_shard_options(args, args.json, "--json")
     results = run_sharded(args, lambda shard: certify_run(args, domains, device, shard),
-                          lambda required: merge_run(args, domains, device, required))
+                          lambda required: merge_run(args, domains, device, required), [args.json])
     if results is None:
         return 0
     if args.vnnlib:
@@ -224,9 +225,11 @@ def check_shard_options(args, output: str | None, option: str) -> None:
         raise UserError(f"--shard, --merge and torchrun need {option} (the merged output)")
 
 
-def run_sharded(args, run: Callable[[Shard | None], R], merge: Callable[[bool], R | None]) -> R | None:
+def run_sharded(args, run: Callable[[Shard | None], R], merge: Callable[[bool], R | None],
+                outputs: list[str | Path | None]) -> R | None:
     """The run as the options ask: all of it, this process's shard (then the merge if every shard is done), or
     only the merge (--merge). Under torchrun every rank runs its shard and rank 0 merges once all are done.
+    Resuming ``outputs`` that have shard files in one process runs as the one shard 0/1, so their work counts.
 
     Returns the (merged) output, or None where this process has no output to show.
     """
@@ -234,6 +237,8 @@ def run_sharded(args, run: Callable[[Shard | None], R], merge: Callable[[bool], 
         return merge(True)
     shard = args.shard or (Shard(distributed.rank(), distributed.world_size()) if distributed.world_size() > 1
                            else None)
+    if shard is None and args.resume and any(shard_files(out) for out in outputs if out):
+        shard = Shard(0, 1)
     if shard is None:
         return run(None)
     run(shard)
@@ -363,7 +368,7 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
         return merge_or_none(lambda: merge_instance_results(args.out, meta, instances, domains,
                                                             include_out=args.resume or args.merge), required)
 
-    rows = run_sharded(args, run, merge)
+    rows = run_sharded(args, run, merge, [args.out])
     if rows is None:
         return 0
     print(format_instance_table(summarize_instances(rows, domains)))

@@ -66,7 +66,8 @@ def _main(argv: list[str] | None) -> int:
         all_results = run_sharded(
             args, lambda shard: [certify_run(_run_args(args, out, *run), domains, device, shard) for run in plan],
             lambda required: _merged([merge_run(_run_args(args, out, *run), domains, device, required)
-                                      for run in plan]))
+                                      for run in plan]),
+            [_run_args(args, out, *run).json for run in plan])
     if all_results is None:
         return 0
     runs = []

@@ -69,6 +69,16 @@ def test_resume_with_another_shard_count_skips_what_any_shard_finished(tiny_mode
     assert sorted(_results(sharded)) == sorted(_results(whole))
 
 
+def test_resume_in_one_process_counts_the_shards_work(tiny_model, tmp_path, capsys):  # noqa: F811
+    whole, sharded = tmp_path / "whole.json", tmp_path / "sharded.json"
+    assert run(capsys, *_base(tiny_model, whole))[0] == 0
+    assert run(capsys, *_base(tiny_model, sharded), "--shard", "1/3")[0] == 0  # samples 1, 4, 7
+    code, out, err = run(capsys, *_base(tiny_model, sharded), "--resume")
+    assert code == 0 and "results written to" in out, err
+    assert {r[0] for r in _results(sharded.with_name("sharded.json.shard-0-of-1"))} == {0, 2, 3, 5, 6}
+    assert sorted(_results(sharded)) == sorted(_results(whole))
+
+
 def test_shard_errors_are_one_line(tiny_model, tmp_path, capsys):  # noqa: F811
     model, inputs, _ = tiny_model
     for args, message in [(["--shard", "2/2", "--json", tmp_path / "r.json"], "argument --shard: expected I/N"),
