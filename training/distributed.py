@@ -105,9 +105,14 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """The mean of each value over the processes (the values themselves for one process)."""
     if world_size() == 1:
         return values
-    total = torch.tensor(list(values.values()), dtype=torch.float64)
+    total = torch.tensor(list(values.values()), dtype=torch.float64, device=_collective_device())
     dist.all_reduce(total)
     return dict(zip(values, (total / world_size()).tolist()))
+
+
+def _collective_device() -> torch.device:
+    """Where tensors of a collective live: nccl reduces GPU tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 class _SumOverRanks(torch.autograd.Function):
