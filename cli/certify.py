@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tqdm import tqdm
@@ -17,8 +20,10 @@ from tqdm import tqdm
 from cli.errors import OneLineParser, UserError, run_main
 from domains.bab import BaBConfig
 from domains.mnbab import MNBaBConfig
-from verifier.certify import Pipeline
+from training import distributed
+from verifier.certify import Instance, Pipeline
 from verifier.instances import (
+    BenchmarkInstance,
     InstanceResults,
     Runner,
     format_instance_table,
@@ -27,17 +32,28 @@ from verifier.instances import (
     summarize_instances,
 )
 from verifier.onnx_import import load_onnx
-from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance
+from verifier.problems import Model, adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance
 from verifier.registry import DOMAINS, Options
 from verifier.results import ResultsFile, command_line, format_table, versions
 from verifier.run import certify_instances
-from verifier.spec import parse_eps
+from verifier.shard import (
+    Shard,
+    ShardsIncomplete,
+    finished_instances,
+    finished_samples,
+    merge_instance_results,
+    merge_results,
+    shard_files,
+)
+from verifier.spec import SpecError, parse_eps
 from verifier.vnnlib import parse_vnnlib
 
 DEFAULT_DOMAINS = "box,deeppoly" + (",mnbab" if "mnbab" in DOMAINS else "")
 DEMO_EPS = "0.1"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_NUM = 100
+SHARD_WAIT = timedelta(days=7)  # under torchrun, how long finished ranks wait for the slowest before the merge
+R = TypeVar("R")
 
 
 def demo_files() -> tuple[Path, Path]:
@@ -64,7 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(sat + counterexample / unsat / unknown / timeout) to DIR/DOMAIN/")
     p.add_argument("--resume", action="store_true",
                    help="continue the run stored in --json (or --out): what is done in every domain is skipped")
+    add_shard_options(p, "--json (or --out)")
     return p
+
+
+def add_shard_options(p: argparse.ArgumentParser, output: str) -> None:
+    """--shard and --merge: a run split over processes (torchrun does this by itself) or batch jobs."""
+    group = p.add_argument_group("sharding (torchrun shards by itself: one shard per process, merged by rank 0)")
+    group.add_argument("--shard", type=shard_value, metavar="I/N",
+                       help=f"run only shard I of N (samples I, I+N, ...) into {output}.shard-I-of-N; the shard "
+                            "that completes the set merges them into the normal output")
+    group.add_argument("--merge", action="store_true",
+                       help=f"only merge the shard files of {output} into it (every sample must be done)")
+
+
+def shard_value(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
 def add_sample_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -152,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     domains, device = check_verifier_options(args)
-    if args.instances:
-        return _main_instances(args, domains, device)
+    with distributed.process_group(device, backend="gloo", timeout=SHARD_WAIT) as device:
+        return _main_instances(args, domains, device) if args.instances else _main_samples(args, domains, device)
+
+
+def _main_samples(args, domains: list[str], device: torch.device) -> int:
     if args.out or args.vnncomp_dir:
         raise UserError("--out and --vnncomp-dir go with --instances (use --json for samples and --vnnlib)")
     if args.model is None:
@@ -165,7 +202,11 @@ def _main(argv: list[str] | None) -> int:
         raise UserError("give one of --dataset, --inputs, --vnnlib or --instances")
     if args.resume and not args.json:
         raise UserError("--resume needs --json (the results file to continue)")
-    results = certify_run(args, domains, device)
+    check_shard_options(args, args.json, "--json")
+    results = run_sharded(args, lambda shard: certify_run(args, domains, device, shard),
+                          lambda required: merge_run(args, domains, device, required), [args.json])
+    if results is None:
+        return 0
     if args.vnnlib:
         for row in results.rows:
             print(f"{row['domain']}: {row['status']} ({row['time_s']:.2f} s)")
@@ -173,6 +214,52 @@ def _main(argv: list[str] | None) -> int:
     if args.json:
         print(f"results written to {args.json}")
     return 0
+
+
+def check_shard_options(args, output: str | None, option: str) -> None:
+    if args.shard and distributed.launched():
+        raise UserError("--shard is for runs outside torchrun (under torchrun every process is a shard already)")
+    if args.merge and (args.shard or distributed.launched()):
+        raise UserError("--merge runs alone: without --shard, in one process")
+    if (args.shard or args.merge or distributed.launched()) and not output:
+        raise UserError(f"--shard, --merge and torchrun need {option} (the merged output)")
+
+
+def run_sharded(args, run: Callable[[Shard | None], R], merge: Callable[[bool], R | None],
+                outputs: list[str | Path | None]) -> R | None:
+    """The run as the options ask: all of it, this process's shard (then the merge if every shard is done), or
+    only the merge (--merge). Under torchrun every rank runs its shard and rank 0 merges once all are done.
+    Resuming ``outputs`` that have shard files in one process runs as the one shard 0/1, so their work counts.
+
+    Returns the (merged) output, or None where this process has no output to show.
+    """
+    if args.merge:
+        return merge(True)
+    shard = args.shard or (Shard(distributed.rank(), distributed.world_size()) if distributed.world_size() > 1
+                           else None)
+    if shard is None and args.resume and any(shard_files(out) for out in outputs if out):
+        shard = Shard(0, 1)
+    if shard is None:
+        return run(None)
+    run(shard)
+    if distributed.world_size() > 1:
+        distributed.barrier()
+        return merge(True) if distributed.is_main() else None
+    merged = merge(False)
+    if merged is None:
+        print(f"shard {shard} done; not every shard is: the last one to finish merges them (or run with --merge)",
+              file=sys.stderr)
+    return merged
+
+
+def merge_or_none(merge: Callable[[], R], required: bool) -> R | None:
+    """``merge()``; None instead if some shard is not done and the merge is not ``required``."""
+    try:
+        return merge()
+    except ShardsIncomplete as e:
+        if required:
+            raise UserError(str(e)) from None
+        return None
 
 
 def check_verifier_options(args) -> tuple[list[str], torch.device]:
@@ -202,8 +289,36 @@ def make_pipeline(args, model, domains: list[str], timeout: float, device: torch
                     chunk_size=args.batch_size)
 
 
-def certify_run(args, domains: list[str], device: torch.device) -> ResultsFile:
-    """One model on L-inf samples (args.eps) or a VNN-LIB file, streamed to args.json (resumed with args.resume)."""
+def certify_run(args, domains: list[str], device: torch.device, shard: Shard | None = None) -> ResultsFile:
+    """One model on L-inf samples (args.eps) or a VNN-LIB file, streamed to args.json (resumed with args.resume).
+
+    With ``shard``, only its samples, streamed to its shard file of args.json;
+    resuming skips the samples done in any shard file (or in args.json).
+    """
+    model, instances, meta = run_setup(args, domains, device)
+    path = args.json
+    if shard is not None:
+        instances, path, meta = shard.take(instances), shard.path(args.json), {**meta, **shard.meta()}
+    pipeline = make_pipeline(args, model, domains, meta["timeout_s"], device)
+    if args.resume:
+        results = ResultsFile.resume(path, meta, domains)
+        done = results.completed() | (finished_samples(args.json, meta, domains) if shard is not None else set())
+        instances = [inst for inst in instances if inst.index not in done]
+    else:
+        results = ResultsFile(path, meta, domains)
+    return certify_instances(pipeline, instances, results,
+                             progress=not args.quiet and sys.stderr.isatty() and distributed.is_main())
+
+
+def merge_run(args, domains: list[str], device: torch.device, required: bool) -> ResultsFile | None:
+    """args.json written from its shard files (see verifier.shard); None if a shard is not done and not required."""
+    _, instances, meta = run_setup(args, domains, device)
+    return merge_or_none(lambda: merge_results(args.json, meta, domains, [inst.index for inst in instances],
+                                               include_out=args.resume or args.merge), required)
+
+
+def run_setup(args, domains: list[str], device: torch.device) -> tuple[Model, list[Instance], dict]:
+    """The model, the instances (samples or the VNN-LIB property) and the results' meta of a run."""
     timeout = args.timeout or DEFAULT_TIMEOUT
     onnx_model = load_onnx(args.model)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "model": str(args.model),
@@ -227,15 +342,7 @@ def certify_run(args, domains: list[str], device: torch.device) -> ResultsFile:
         meta.update(eps=eps, eps_text=args.eps, dataset=dataset, inputs=str(args.inputs) if args.inputs else None,
                     split=args.split, start=args.start, num=len(instances), mean=args.mean, std=args.std,
                     clip=[args.clip_min, args.clip_max])
-
-    pipeline = make_pipeline(args, model, domains, timeout, device)
-    if args.resume:
-        results = ResultsFile.resume(args.json, meta, domains)
-        done = results.completed()
-        instances = [inst for inst in instances if inst.index not in done]
-    else:
-        results = ResultsFile(args.json, meta, domains)
-    return certify_instances(pipeline, instances, results, progress=not args.quiet and sys.stderr.isatty())
+    return model, instances, meta
 
 
 def _main_instances(args, domains: list[str], device: torch.device) -> int:
@@ -245,6 +352,7 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
                         "--dataset or --inputs")
     if not args.out:
         raise UserError("--instances needs --out (the results CSV)")
+    check_shard_options(args, args.out, "--out")
     instances = read_instances(args.instances)[args.start:args.start + args.num if args.num else None]
     if not instances:
         raise UserError(f"--start {args.start} is past the last instance")
@@ -252,10 +360,37 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
             "start": args.start, "num": len(instances), "dtype": str(dtype_of(args)).removeprefix("torch."),
             "domains": domains, "timeout_s": args.timeout or "per instance", "device": str(device),
             "options": dataclasses.asdict(options_from(args))}
-    results = InstanceResults(args.out, meta, resume=args.resume)
 
-    bar = tqdm(total=len(instances), unit="instance", disable=args.quiet or not sys.stderr.isatty(), leave=False,
-               desc="certify " + ",".join(domains))
+    def run(shard: Shard | None) -> list[dict]:
+        return _run_instances(args, domains, device, instances, meta, shard)
+
+    def merge(required: bool) -> list[dict] | None:
+        return merge_or_none(lambda: merge_instance_results(args.out, meta, instances, domains,
+                                                            include_out=args.resume or args.merge), required)
+
+    rows = run_sharded(args, run, merge, [args.out])
+    if rows is None:
+        return 0
+    print(format_instance_table(summarize_instances(rows, domains)))
+    print(f"results written to {args.out}")
+    return 0
+
+
+def _run_instances(args, domains: list[str], device: torch.device, instances: list[BenchmarkInstance], meta: dict,
+                   shard: Shard | None) -> list[dict]:
+    """Every instance (or the shard's) into args.out (or its shard file); returns the file's rows."""
+    path = args.out
+    if shard is not None:
+        path, meta = shard.path(args.out), {**meta, **shard.meta()}
+        instances = shard.take(instances)
+        if args.resume:  # skip what another shard file finished
+            done = finished_instances(args.out)
+            instances = [inst for inst in instances
+                         if any((str(inst.onnx), str(inst.vnnlib), d) not in done for d in domains)]
+    results = InstanceResults(path, meta, resume=args.resume)
+
+    bar = tqdm(total=len(instances), unit="instance", leave=False, desc="certify " + ",".join(domains),
+               disable=args.quiet or not sys.stderr.isatty() or not distributed.is_main())
 
     def progress(results: InstanceResults) -> None:
         bar.update(1)
@@ -268,9 +403,7 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
                       Path(args.vnncomp_dir) if args.vnncomp_dir else None, progress)
     finally:
         bar.close()
-    print(format_instance_table(summarize_instances(results.rows, domains)))
-    print(f"results written to {args.out}")
-    return 0
+    return results.rows
 
 
 if __name__ == "__main__":

@@ -15,12 +15,18 @@ from pathlib import Path
 from cli.certify import (
     DEFAULT_NUM,
     DEFAULT_TIMEOUT,
+    SHARD_WAIT,
     add_sample_options,
+    add_shard_options,
     add_verifier_options,
     certify_run,
+    check_shard_options,
     check_verifier_options,
+    merge_run,
+    run_sharded,
 )
 from cli.errors import OneLineParser, UserError, run_main
+from training import distributed
 from verifier.compare import comparison_rows, comparison_table, model_labels, plot
 from verifier.results import command_line, versions
 
@@ -35,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verifier_options(p, timeout_help="wall-clock seconds per property (default 60)")
     p.add_argument("--out", required=True, help="output folder (per-run JSON files in DIR/runs/)")
     p.add_argument("--resume", action="store_true", help="continue the runs in --out, skipping what is done")
+    add_shard_options(p, "each run's DIR/runs/*.json")
     return p
 
 
@@ -52,18 +59,23 @@ def _main(argv: list[str] | None) -> int:
     radii = [e.strip() for e in args.eps.split(",") if e.strip()]
     if not radii:
         raise UserError(f"--eps {args.eps!r} gives no radius")
+    check_shard_options(args, args.out, "--out")
     out = Path(args.out)
+    plan = [(label, model, eps) for model, label in zip(args.models, model_labels(args.models)) for eps in radii]
+    with distributed.process_group(device, backend="gloo", timeout=SHARD_WAIT) as device:
+        all_results = run_sharded(
+            args, lambda shard: [certify_run(_run_args(args, out, *run), domains, device, shard) for run in plan],
+            lambda required: _merged([merge_run(_run_args(args, out, *run), domains, device, required)
+                                      for run in plan]),
+            [_run_args(args, out, *run).json for run in plan])
+    if all_results is None:
+        return 0
     runs = []
-    for model, label in zip(args.models, model_labels(args.models)):
-        for eps in radii:
-            run_args = copy.copy(args)
-            run_args.model, run_args.eps, run_args.vnnlib = model, eps, None
-            run_args.json = out / "runs" / f"{re.sub(r'[^A-Za-z0-9.]+', '_', label)}__eps_{_safe(eps)}.json"
-            results = certify_run(run_args, domains, device)
-            runs.append({"model": label, "path": model, "model_sha256": results.meta["model_sha256"], "eps": eps,
-                         "results_file": str(run_args.json), "summary": results.summary})
-            print(f"{label} eps {eps}: " + ", ".join(f"{d} {s['certified']}/{s['n']}"
-                                                      for d, s in results.summary.items()), file=sys.stderr)
+    for (label, model, eps), results in zip(plan, all_results):
+        runs.append({"model": label, "path": model, "model_sha256": results.meta["model_sha256"], "eps": eps,
+                     "results_file": str(results.path), "summary": results.summary})
+        print(f"{label} eps {eps}: " + ", ".join(f"{d} {s['certified']}/{s['n']}"
+                                                  for d, s in results.summary.items()), file=sys.stderr)
     rows = comparison_rows(runs)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "domains": domains,
             "eps": radii, "models": args.models, "timeout_s": args.timeout or DEFAULT_TIMEOUT, "dataset": args.dataset,
@@ -74,6 +86,19 @@ def _main(argv: list[str] | None) -> int:
     print(comparison_table(rows))
     print(f"results written to {out}/ (results.json, table.md, plot.png)")
     return 0
+
+
+def _run_args(args, out: Path, label: str, model: str, eps: str):
+    """The `certify` arguments of one (model, eps) run, results in DIR/runs/."""
+    run_args = copy.copy(args)
+    run_args.model, run_args.eps, run_args.vnnlib = model, eps, None
+    run_args.json = out / "runs" / f"{re.sub(r'[^A-Za-z0-9.]+', '_', label)}__eps_{_safe(eps)}.json"
+    return run_args
+
+
+def _merged(results: list) -> list | None:
+    """All runs' merged results, or None while some run has a shard to finish."""
+    return None if any(r is None for r in results) else results
 
 
 def _safe(eps: str) -> str:

@@ -19,7 +19,9 @@ from verifier.spec import SpecError, parse_eps
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="train", description="Train a network with std, PGD, IBP or SABR certified training and "
                                           "export RUN_DIR/model.onnx for `certify`. Unset options follow the "
-                                          "SABR paper's recipe for the dataset and eps.")
+                                          "SABR paper's recipe for the dataset and eps. Under `torchrun "
+                                          "--nproc-per-node N` it trains data parallel (--batch-size is the "
+                                          "global batch).")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--model", required=True, choices=MODELS)
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-eps", type=eps_value, help="epsilon trained for (default: --eps)")
     p.add_argument("--lambda", dest="lam", type=float, help="SABR small-box ratio tau / eps in (0, 1]; 1 is IBP")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split evenly among torchrun's processes)")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
     p.add_argument("--lr-milestones", type=int, nargs="*", help="epochs after which the lr is multiplied by "
                                                                  "--lr-decay")
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     summary = train(config_from_args(args), command=shlex.join(["train", *argv]))
+    if summary is None:  # a process of a torchrun job other than rank 0
+        return 0
     print(f"{summary['method']} {summary['model']} {summary['dataset']} eps {summary['eps']:g} on {summary['n']} "
           f"test images: natural {summary['natural']:.2%}, PGD {summary['pgd']:.2%}, "
           f"Box-certified {summary['box']:.2%}; model: {summary['onnx']}")

@@ -1,4 +1,11 @@
-"""Shuffled mini-batches drawn from a generator the run checkpoints, with optional augmentation."""
+"""Shuffled mini-batches, this process's share of each global batch, with optional augmentation.
+
+The order of an epoch is torch's DistributedSampler's: a permutation drawn
+from (seed, epoch), of which process r of N takes positions r, r + N, ...
+Taken B / N at a time, the N processes' k-th batches together are positions
+kB .. (k+1)B - 1 of the permutation: the k-th batch of one process with batch
+size B. So the global batches do not depend on the number of processes.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DistributedSampler
 
 from training.datasets import Dataset
 
@@ -18,12 +26,18 @@ def n_batches(n_samples: int, batch_size: int) -> int:
     return max(1, n_samples // batch_size)
 
 
-def shuffled_batches(data: Dataset, batch_size: int, generator: torch.Generator,
-                     augment: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of (x (B, C, H, W), y (B,)) in a random order drawn from ``generator``."""
-    order = torch.randperm(len(data), generator=generator)
+def shuffled_batches(data: Dataset, batch_size: int, seed: int, epoch: int, generator: torch.Generator,
+                     augment: bool = False, rank: int = 0, world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+    """Process ``rank``'s part (x (B / N, C, H, W), y (B / N,)) of each global batch of size B of ``epoch``.
+
+    Augmentation draws from ``generator``.
+    """
+    sampler = DistributedSampler(range(len(data)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler))
+    size = batch_size // world_size
     for i in range(n_batches(len(data), batch_size)):
-        index = order[i * batch_size:(i + 1) * batch_size]
+        index = order[i * size:(i + 1) * size]
         x = data.x[index]
         yield (random_crop_flip(x, generator) if augment else x), data.y[index]
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from domains.box import propagate
 from domains.from_torch import network_from_torch, record_batch_stats
 from training.adversarial import attack, cross_entropy_objective
+from training.distributed import sync_batch_stats
 from training.losses import box_cross_entropy, margin_lower_bounds
 from training.regions import linf_box, sabr_region
 from training.regularizers import warmup_regularizer
@@ -52,7 +53,7 @@ def certified_loss(model: nn.Module, x: Tensor, y: Tensor, setting: BatchSetting
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             model(x)  # clean batch: BatchNorm statistics for the propagation
     lower, upper = sabr_region(model, x, y, setting.eps, lam, pgd_steps)
-    net = network_from_torch(model, tuple(x.shape[1:]), batch_stats)
+    net = network_from_torch(model, tuple(x.shape[1:]), sync_batch_stats(batch_stats))
     bounds = propagate(net, lower, upper)
     terms = {"ce": box_cross_entropy(margin_lower_bounds(net, lower, upper, y, bounds), y)}
     if setting.reg_weight > 0:

@@ -7,6 +7,12 @@ A run directory holds:
 - ``metrics.jsonl``: one JSON line per epoch (losses, validation accuracies, eps, lr, times);
 - ``model.onnx``: the final model, normalisation inside, BatchNorm folded;
 - ``summary.json``: natural, PGD and Box-certified accuracy on the test set (or its first ``eval_subset``).
+
+Under ``torchrun --nproc-per-node N`` the same loop runs data parallel
+(training.distributed): each process trains on B / N samples of every global
+batch of B, DistributedDataParallel averages the gradients, BatchNorm
+statistics are global, and only rank 0 evaluates and writes the run directory.
+A checkpoint does not depend on N, so a run can resume with another N.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
+from training import distributed
 from training.batches import n_batches, shuffled_batches
 from training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from training.config import CERTIFIED, ConfigError, TrainConfig, check_resumable
@@ -41,7 +48,8 @@ TIMING_FIELDS = ("epoch_time_s", "eval_time_s")
 
 
 class Run:
-    """The state of a training run: model, optimiser, lr schedule and the data-order generator."""
+    """The state of a training run: model (and its data-parallel objective), optimiser, lr schedule and the
+    augmentation generator."""
 
     def __init__(self, config: TrainConfig, device: torch.device):
         _seed_everything(config.seed)
@@ -50,7 +58,10 @@ class Run:
         self.model = build_model(config.model, config.dataset, config.widths)
         if config.method in CERTIFIED:
             ibp_init(self.model)
+        if distributed.world_size() > 1:
+            distributed.sync_batchnorm(self.model)
         self.model.to(device)
+        self.objective = distributed.data_parallel(Objective(self.model, config), device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = lr_scheduler(self.optimizer, config.lr_milestones, config.lr_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -68,30 +79,55 @@ class Run:
         restore_rng_states(state["rng"], self.generator)
 
 
-def train(config: TrainConfig, command: str | None = None) -> dict:
-    """Train as ``config`` says (resuming if ``config.resume``); returns the final summary."""
+class Objective(nn.Module):
+    """The loss terms of a batch (method loss and L1) as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig):
+        super().__init__()
+        self.model, self.config = model, config
+
+    def forward(self, x: Tensor, y: Tensor, setting: BatchSetting) -> dict[str, Tensor]:
+        config = self.config
+        terms = method_loss(config.method, self.model, x, y, setting, config.lam, config.pgd_steps, config.reg_tol)
+        if config.l1 > 0:
+            terms["l1"] = config.l1 * l1_penalty(self.model)
+        return terms
+
+
+def train(config: TrainConfig, command: str | None = None) -> dict | None:
+    """Train as ``config`` says (resuming if ``config.resume``); returns the final summary (None on ranks > 0)."""
     config = config.resolved()
-    device = _device(config.device)
+    with distributed.process_group(_device(config.device)) as device:
+        return _train(config, device, command)
+
+
+def _train(config: TrainConfig, device: torch.device, command: str | None) -> dict | None:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    if config.batch_size % distributed.world_size():
+        raise ConfigError(f"--batch-size {config.batch_size} is not divisible by the {distributed.world_size()} "
+                          "processes (it is the global batch, split evenly among them)")
     out = Path(config.out)
-    _check_run_dir(out, config.resume)
+    distributed.on_main(_check_run_dir, out, config.resume)
     train_data = load_dataset(config.dataset, "train", config.data_dir).subset(0, config.subset)
     test_data = load_dataset(config.dataset, "test", config.data_dir)
     run = Run(config, device)
     if config.resume:
-        _resume(run, out, command)
+        run.load(distributed.on_main(_resume, out, run.config, command))
     else:
-        _start(out, config, command)
+        distributed.on_main(_start, out, config, command)
 
     steps = n_batches(len(train_data), config.batch_size)
     schedule = EpsSchedule.from_epochs(config.train_eps, config.warmup_epochs, config.ramp_epochs, steps)
     val_data = test_data.subset(0, config.val_size)
     while run.epoch < config.epochs:
         metrics = _epoch(run, train_data, val_data, schedule)
-        _append_json_line(out / METRICS, metrics)
-        print(_epoch_line(metrics, config), flush=True)
-        save_checkpoint(out / CHECKPOINT, run.state())
+        if distributed.is_main():
+            _append_json_line(out / METRICS, metrics)
+            print(_epoch_line(metrics, config), flush=True)
+            save_checkpoint(out / CHECKPOINT, run.state())
+    if not distributed.is_main():
+        return None
 
     export_onnx(run.model, out / ONNX, SHAPE[config.dataset])
     summary = _summary(run, test_data.subset(0, config.eval_subset), out)
@@ -105,10 +141,13 @@ def _epoch(run: Run, train_data: Dataset, val_data: Dataset, schedule: EpsSchedu
     lr = run.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     losses, eps = _train_epoch(run, train_data, schedule)
+    losses = distributed.mean_over_ranks(losses)
     train_time = time.perf_counter() - start
     run.scheduler.step()
     run.epoch += 1
     start = time.perf_counter()
+    if not distributed.is_main():
+        return {}
     val = evaluate(run.model, val_data, config.eps, config.batch_size, config.eval_pgd_steps,
                    config.eval_pgd_restarts, seed=config.seed + run.epoch, device=run.device)
     return {"epoch": run.epoch, "eps": eps, "lr": lr, **losses, **{f"val_{k}": v for k, v in val.items()},
@@ -116,20 +155,19 @@ def _epoch(run: Run, train_data: Dataset, val_data: Dataset, schedule: EpsSchedu
 
 
 def _train_epoch(run: Run, data: Dataset, schedule: EpsSchedule) -> tuple[dict[str, float], float]:
-    """Mean loss terms of the epoch and the epsilon of its last batch."""
+    """Mean loss terms of the epoch (this process's batches) and the epsilon of its last batch."""
     config, model = run.config, run.model
     model.train()
     steps = n_batches(len(data), config.batch_size)
     totals = dict.fromkeys(("loss", "ce", "reg", "l1"), 0.0)
-    batches = shuffled_batches(data, config.batch_size, run.generator, config.augment)
+    distributed.seed_epoch(config.seed, run.epoch, run.generator)
+    batches = shuffled_batches(data, config.batch_size, config.seed, run.epoch, run.generator, config.augment,
+                               distributed.rank(), distributed.world_size())
     progress = tqdm(batches, total=steps, desc=f"epoch {run.epoch + 1}/{config.epochs}", leave=False,
-                    disable=not (config.progress and sys.stderr.isatty()))
+                    disable=not (config.progress and sys.stderr.isatty() and distributed.is_main()))
     for i, (x, y) in enumerate(progress):
         setting = _batch_setting(config, schedule, run.epoch * steps + i)
-        terms = method_loss(config.method, model, x.to(run.device), y.to(run.device), setting, config.lam,
-                            config.pgd_steps, config.reg_tol)
-        if config.l1 > 0:
-            terms["l1"] = config.l1 * l1_penalty(model)
+        terms = run.objective(x.to(run.device), y.to(run.device), setting)
         loss = sum(terms.values())
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,20 +208,22 @@ def _start(out: Path, config: TrainConfig, command: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS).write_text("")
     _write_json(out / CONFIG, {"config": config.to_json(), "command": command, "versions": versions(),
-                               "resumed": []})
+                               "processes": distributed.world_size(), "resumed": []})
 
 
-def _resume(run: Run, out: Path, command: str | None) -> None:
-    """Load the checkpoint; keep the metrics of the epochs it holds; record the resume in config.json."""
+def _resume(out: Path, config: TrainConfig, command: str | None) -> dict:
+    """The checkpoint's state; keeps the metrics of the epochs it holds and records the resume in config.json."""
     record = json.loads((out / CONFIG).read_text())
-    check_resumable(record["config"], run.config)
-    run.load(load_checkpoint(out / CHECKPOINT))
+    check_resumable(record["config"], config)
+    state = load_checkpoint(out / CHECKPOINT)
     lines = (out / METRICS).read_text().splitlines() if (out / METRICS).exists() else []
-    kept = [line for line in lines if line and json.loads(line)["epoch"] <= run.epoch]
+    kept = [line for line in lines if line and json.loads(line)["epoch"] <= state["epoch"]]
     (out / METRICS).write_text("".join(line + "\n" for line in kept))
-    record["config"] = run.config.to_json()
-    record["resumed"].append({"command": command, "from_epoch": run.epoch, "versions": versions()})
+    record["config"] = config.to_json()
+    record["resumed"].append({"command": command, "from_epoch": state["epoch"], "versions": versions(),
+                              "processes": distributed.world_size()})
     _write_json(out / CONFIG, record)
+    return state
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

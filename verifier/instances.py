@@ -114,6 +114,30 @@ def write_answer(path: Path, status: str, counterexample: str | None = None) -> 
     os.replace(tmp, path)
 
 
+def write_header(f, meta: dict) -> None:
+    """The metadata as ``# key: json`` comment lines, then the column names."""
+    for key, value in meta.items():
+        f.write(f"# {key}: {json.dumps(value)}\n")
+    csv.writer(f).writerow(COLUMNS)
+
+
+def read_instance_rows(path: Path) -> list[dict]:
+    """The rows of an instances results CSV (time_s as float)."""
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    reader = csv.DictReader(lines)
+    if tuple(reader.fieldnames or ()) != COLUMNS:
+        raise SpecError(f"cannot resume: {path} is not an instances results file")
+    rows = []
+    for row in reader:  # a row torn by a hard kill is dropped: its instance runs again
+        try:
+            row["time_s"] = float(row["time_s"])
+        except (TypeError, ValueError):
+            continue
+        if row["result"] in ANSWER.values():
+            rows.append(row)
+    return rows
+
+
 class InstanceResults:
     """The results CSV of a benchmark run: comment lines of metadata, a header, one row per instance and domain."""
 
@@ -128,24 +152,10 @@ class InstanceResults:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:
-            for key, value in meta.items():
-                f.write(f"# {key}: {json.dumps(value)}\n")
-            csv.writer(f).writerow(COLUMNS)
+            write_header(f, meta)
 
     def _read(self) -> list[dict]:
-        lines = [line for line in self.path.read_text().splitlines() if line and not line.startswith("#")]
-        reader = csv.DictReader(lines)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise SpecError(f"cannot resume: {self.path} is not an instances results file")
-        rows = []
-        for row in reader:  # a row torn by a hard kill is dropped: its instance runs again
-            try:
-                row["time_s"] = float(row["time_s"])
-            except (TypeError, ValueError):
-                continue
-            if row["result"] in ANSWER.values():
-                rows.append(row)
-        return rows
+        return read_instance_rows(self.path)
 
     def done(self) -> set[tuple[str, str, str]]:
         return {(row["onnx"], row["vnnlib"], row["domain"]) for row in self.rows}

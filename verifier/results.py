@@ -95,6 +95,20 @@ class ResultsFile:
         self.meta, self.domains, self.rows = meta, domains, list(rows)
 
     @classmethod
+    def load(cls, path: str | os.PathLike, meta: dict, domains: list[str]) -> ResultsFile:
+        """The results stored at ``path`` with their own meta; refused unless made with the set-up of ``meta``."""
+        path = Path(path)
+        try:
+            old = json.loads(path.read_text())
+            old_meta, rows = old["meta"], old["results"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ResumeError(f"cannot resume: {path} is not a results file") from None
+        different = [key for key in RESUME_KEYS if old_meta.get(key) != meta.get(key)]
+        if different:
+            raise ResumeError(f"cannot resume {path}: it was made with different {', '.join(different)}")
+        return cls(path, old_meta, domains, rows)
+
+    @classmethod
     def resume(cls, path: str | os.PathLike, meta: dict, domains: list[str]) -> ResultsFile:
         """Continue the run stored at ``path``: keeps the rows of samples done in every domain.
 
@@ -105,17 +119,10 @@ class ResultsFile:
         path = Path(path)
         if not path.exists():
             return cls(path, meta, domains)
-        try:
-            old = json.loads(path.read_text())
-            old_meta, rows = old["meta"], old["results"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ResumeError(f"cannot resume: {path} is not a results file") from None
-        different = [key for key in RESUME_KEYS if old_meta.get(key) != meta.get(key)]
-        if different:
-            raise ResumeError(f"cannot resume {path}: it was made with different {', '.join(different)}")
-        done = cls(path, meta, domains, rows).completed()
-        meta = {**meta, "resumed_from": old_meta.get("resumed_from", []) + [old_meta.get("command")]}
-        return cls(path, meta, domains, [row for row in rows if row["index"] in done])
+        old = cls.load(path, meta, domains)
+        done = old.completed()
+        meta = {**meta, "resumed_from": old.meta.get("resumed_from", []) + [old.meta.get("command")]}
+        return cls(path, meta, domains, [row for row in old.rows if row["index"] in done])
 
     def completed(self) -> set[int]:
         """Sample indices that have a row in every domain."""
