@@ -279,11 +279,12 @@ def run_bounds(args, kinds) -> dict | None:
 # -- complete verification against alpha-beta-CROWN -------------------------------------------------------
 
 
-def abcrown_config(bench: Path, start: int, end: int, timeout: float, results: Path) -> dict:
+def abcrown_config(bench: Path, start: int, end: int, timeout: float, results: Path, restarts: int = 100) -> dict:
     """alpha-beta-CROWN's VNN-COMP 2022 mnist_fc settings (exp_configs/vnncomp22/mnistfc.yaml) on the CPU.
 
     Changed: device cpu; ``bab`` instead of ``bab-refine`` (MIP-refined intermediate bounds need a Gurobi
-    licence); batch size 1024 instead of 4096 (CPU memory); the timeout overridden by ours.
+    licence); batch size 1024 instead of 4096 (CPU memory); the timeout overridden by ours; optionally
+    fewer PGD restarts than the competition's 100 (a GPU's budget, tens of seconds on one CPU thread).
     """
     return {
         "general": {"device": "cpu", "root_path": str(bench), "csv_name": "instances.csv",
@@ -293,7 +294,7 @@ def abcrown_config(bench: Path, start: int, end: int, timeout: float, results: P
         "solver": {"batch_size": 1024, "start_save_best": -1,
                    "beta-crown": {"iteration": 20, "lr_beta": 0.03, "enable_opt_interm_bounds": False}},
         "bab": {"override_timeout": timeout, "branching": {"candidates": 5, "reduceop": "max"}},
-        "attack": {"attack_mode": "diversed_PGD", "pgd_restarts": 100},
+        "attack": {"attack_mode": "diversed_PGD", "pgd_restarts": restarts},
     }
 
 
@@ -304,12 +305,13 @@ def abcrown_answer(status: str) -> str:
     return "sat" if "unsafe" in status else "unsat" if "safe" in status else "timeout"
 
 
-def run_abcrown(abcrown: Path, peer_path: str | None, bench: Path, start: int, num: int, timeout: float,
-                threads: int, workdir: Path) -> tuple[list[dict], float]:
+def run_abcrown(abcrown: Path, peer_path: str | None, bench: Path, args, workdir: Path) -> tuple[list[dict], float]:
     cfg, results = workdir / "abcrown.json", workdir / "abcrown_results.pkl"
-    cfg.write_text(json.dumps(abcrown_config(bench, start, start + num, timeout, results)))  # YAML 1.2 reads JSON
+    config = abcrown_config(bench, args.start, args.start + args.num, args.timeout, results, args.abcrown_pgd_restarts)
+    cfg.write_text(json.dumps(config))  # YAML 1.2 reads JSON
+    threads = args.threads
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(p for p in (peer_path, os.environ.get("PYTHONPATH")) if p)}
+           "PYTHONPATH": peer_path or ""}  # the peers' site dir only: not this project
     command = [sys.executable, "abcrown.py", "--config", str(cfg)]
     start_time = time.perf_counter()
     with open(workdir / "abcrown.log", "w") as log:
@@ -359,8 +361,7 @@ def run_complete(args) -> dict | None:
         workdir = Path(args.keep or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         ours, ours_wall = run_ours(bench, args.start, args.num, args.timeout, args.threads, workdir)
-        theirs, theirs_wall = run_abcrown(Path(abcrown), peer_path, bench, args.start, args.num, args.timeout,
-                                          args.threads, workdir)
+        theirs, theirs_wall = run_abcrown(Path(abcrown), peer_path, bench, args, workdir)
     rows, contradictions = [], []
     for inst, a, b in zip(instances, ours, theirs, strict=True):
         key = (str(inst.onnx.relative_to(bench)), str(inst.vnnlib.relative_to(bench)))
@@ -372,7 +373,7 @@ def run_complete(args) -> dict | None:
         rows.append(row)
     return {"start": args.start, "num": args.num, "timeout_s": args.timeout, "threads": args.threads,
             "abcrown_config": abcrown_config(bench, args.start, args.start + args.num, args.timeout,
-                                             Path("results.pkl")),
+                                             Path("results.pkl"), args.abcrown_pgd_restarts),
             "ours": tally(ours, ours_wall), "abcrown": tally(theirs, theirs_wall),
             "contradictions": contradictions, "rows": rows}
 
@@ -382,14 +383,14 @@ def run_complete(args) -> dict | None:
 
 def markdown(report: dict) -> str:
     lines = []
-    for section in ("crown", "alpha", "complete"):
+    for section in ("crown", "alpha", *sorted(k for k in report if k.startswith("complete"))):
         if section not in report:
             continue
         meta = report[section]["meta"]
         lines += [f"## {section}", "", f"Command: `{meta['command']}`  ",
                   f"{meta['date']}, torch {meta['versions']['torch']}, {meta['versions']['platform']}, "
                   f"{meta['threads']} thread(s), peers: {meta.get('peer_commits') or 'commits not recorded'}", ""]
-        lines += (complete_table(report[section]) if section == "complete"
+        lines += (complete_table(report[section]) if section.startswith("complete")
                   else bounds_table(report[section], section)) + [""]
     return "\n".join(lines)
 
@@ -417,8 +418,9 @@ def bounds_table(data: dict, section: str) -> list[str]:
 
 
 def complete_table(data: dict) -> list[str]:
+    restarts = data["abcrown_config"]["attack"]["pgd_restarts"]
     lines = [f"Instances {data['start']}..{data['start'] + data['num'] - 1} of instances.csv, timeout "
-             f"{data['timeout_s']} s for both.", "",
+             f"{data['timeout_s']} s for both; alpha-beta-CROWN with {restarts} PGD restarts.", "",
              "| tool | n | unsat | sat | timeout | unknown | median s | total s | wall s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for tool, name in (("ours", "nncert mnbab"), ("abcrown", "alpha-beta-CROWN")):
@@ -451,14 +453,14 @@ def main() -> None:
     p.add_argument("--start", type=int, default=0, help="first mnist_fc instance (complete)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per instance, both tools (complete)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--abcrown-pgd-restarts", type=int, default=100,
+                   help="alpha-beta-CROWN's PGD restarts (competition: 100); other values get their own section")
     p.add_argument("--keep", default=None, help="keep the complete run's logs and configs in this folder")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    out = Path(args.out)
-    report = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     peer_path = args.peer_path or os.environ.get("NNCERT_PEERS")
     bound_kinds = [k for k in ("crown", "alpha") if k in args.comparisons]
     new = {}
@@ -470,9 +472,12 @@ def main() -> None:
     if "complete" in args.comparisons:
         data = run_complete(args)
         if data is not None:
-            new["complete"] = {**data, "meta": meta(args, peer_path)}
+            key = "complete" if args.abcrown_pgd_restarts == 100 else f"complete_pgd{args.abcrown_pgd_restarts}"
+            new[key] = {**data, "meta": meta(args, peer_path)}
     if not new:
         return
+    out = Path(args.out)  # read only now: other comparisons may have written their sections meanwhile
+    report = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     report.update(new)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
