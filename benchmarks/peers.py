@@ -305,9 +305,27 @@ def abcrown_answer(status: str) -> str:
     return "sat" if "unsafe" in status else "unsat" if "safe" in status else "timeout"
 
 
-def run_abcrown(abcrown: Path, peer_path: str | None, bench: Path, args, workdir: Path) -> tuple[list[dict], float]:
+def linked_benchmark(instances, workdir: Path) -> Path:
+    """The instances as a benchmark folder of symlinks: alpha-beta-CROWN caches files next to its inputs,
+    which must not land in the shared benchmark folder."""
+    root = workdir / "benchmark"
+    rows = []
+    for inst in instances:
+        for path in (inst.onnx, inst.vnnlib):
+            link = root / path.parent.name / path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(path.resolve())
+        rows.append(f"{inst.onnx.parent.name}/{inst.onnx.name},{inst.vnnlib.parent.name}/{inst.vnnlib.name},"
+                    f"{inst.timeout:g}")
+    (root / "instances.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def run_abcrown(abcrown: Path, peer_path: str | None, instances, args, workdir: Path) -> tuple[list[dict], float]:
     cfg, results = workdir / "abcrown.json", workdir / "abcrown_results.pkl"
-    config = abcrown_config(bench, args.start, args.start + args.num, args.timeout, results, args.abcrown_pgd_restarts)
+    bench = linked_benchmark(instances, workdir)
+    config = abcrown_config(bench, 0, len(instances), args.timeout, results, args.abcrown_pgd_restarts)
     cfg.write_text(json.dumps(config))  # YAML 1.2 reads JSON
     threads = args.threads
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -361,7 +379,7 @@ def run_complete(args) -> dict | None:
         workdir = Path(args.keep or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         ours, ours_wall = run_ours(bench, args.start, args.num, args.timeout, args.threads, workdir)
-        theirs, theirs_wall = run_abcrown(Path(abcrown), peer_path, bench, args, workdir)
+        theirs, theirs_wall = run_abcrown(Path(abcrown), peer_path, instances, args, workdir)
     rows, contradictions = [], []
     for inst, a, b in zip(instances, ours, theirs, strict=True):
         key = (str(inst.onnx.relative_to(bench)), str(inst.vnnlib.relative_to(bench)))
@@ -372,7 +390,7 @@ def run_complete(args) -> dict | None:
                 contradictions.append(f"{tool} {inst.name}: {answer}, reference {row['reference']}")
         rows.append(row)
     return {"start": args.start, "num": args.num, "timeout_s": args.timeout, "threads": args.threads,
-            "abcrown_config": abcrown_config(bench, args.start, args.start + args.num, args.timeout,
+            "abcrown_config": abcrown_config(Path("<symlinks to the instances>"), 0, len(instances), args.timeout,
                                              Path("results.pkl"), args.abcrown_pgd_restarts),
             "ours": tally(ours, ours_wall), "abcrown": tally(theirs, theirs_wall),
             "contradictions": contradictions, "rows": rows}
