@@ -407,7 +407,8 @@ def markdown(report: dict) -> str:
         meta = report[section]["meta"]
         lines += [f"## {section}", "", f"Command: `{meta['command']}`  ",
                   f"{meta['date']}, torch {meta['versions']['torch']}, {meta['versions']['platform']}, "
-                  f"{meta['threads']} thread(s), peers: {meta.get('peer_commits') or 'commits not recorded'}", ""]
+                  f"{meta['threads']} thread(s), {meta['machine']}; peers: "
+                  f"{meta.get('peer_commits') or 'commits not recorded'}", ""]
         lines += (complete_table(report[section]) if section.startswith("complete")
                   else bounds_table(report[section], section)) + [""]
     return "\n".join(lines)
