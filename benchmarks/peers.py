@@ -473,7 +473,8 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per instance, both tools (complete)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--abcrown-pgd-restarts", type=int, default=100,
-                   help="alpha-beta-CROWN's PGD restarts (competition: 100); other values get their own section")
+                   help="alpha-beta-CROWN's PGD restarts (competition: 100); other values (and a --start) get "
+                        "their own results section")
     p.add_argument("--keep", default=None, help="keep the complete run's logs and configs in this folder")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers"))
     args = p.parse_args()
@@ -491,7 +492,8 @@ def main() -> None:
     if "complete" in args.comparisons:
         data = run_complete(args)
         if data is not None:
-            key = "complete" if args.abcrown_pgd_restarts == 100 else f"complete_pgd{args.abcrown_pgd_restarts}"
+            key = ("complete" + ("" if args.abcrown_pgd_restarts == 100 else f"_pgd{args.abcrown_pgd_restarts}")
+                   + ("" if args.start == 0 else f"_start{args.start}"))
             new[key] = {**data, "meta": meta(args, peer_path)}
     if not new:
         return
