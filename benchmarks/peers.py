@@ -127,7 +127,7 @@ def sample_problems(net: Network, x: torch.Tensor, y: torch.Tensor, eps: float, 
 
 
 def vnnlib_problems(instances, num: int):
-    """Per mnist_fc network: (network, boxes, C rows, names) of its first ``num`` instances (one box each)."""
+    """Per mnist_fc network: (name, network, boxes, C rows, property names) of its first ``num`` instances."""
     by_net: dict[Path, list] = {}
     for inst in instances:
         by_net.setdefault(inst.onnx, []).append(inst)
