@@ -21,10 +21,12 @@ Conventions:
   a MatMul + Add pair, or a BatchNormalization after a Conv) is folded into
   the Linear, Conv2d or ElementwiseAffine that feeds only it.
 
-Supported: Add, AveragePool, BatchNormalization, Cast (to float), Constant,
-Conv (2-D, group=1), Div, Dropout, Flatten, Gemm, GlobalAveragePool, Identity,
-MatMul, Mul, Neg, Pad (constant zeros, last two dims), Relu, Reshape, Shape,
-Squeeze, Sub, Transpose, Unsqueeze, plus any op on constants only.
+Supported: Add, AveragePool, BatchNormalization, Cast (to float), Concat (of
+variables, not along the batch axis), Constant, Conv (2-D, group=1), Div,
+Dropout, Flatten, Floor, Gemm, GlobalAveragePool, Identity, MatMul, Mul, Neg,
+Pad (constant zeros, last two dims), Relu, Reshape, Shape, Squeeze, Sub,
+Transpose, Unsqueeze, plus any op on constants only. Floor (e.g. the input
+abstraction of AbsCert-trained models) is bounded by intervals in every domain.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ from torch import Tensor
 from domains.network import (
     Add,
     AvgPool2d,
+    Concat,
     Conv2d,
     ElementwiseAffine,
+    Floor,
     Linear,
     Network,
     Op,
@@ -460,6 +464,17 @@ def _relu(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
     return b.emit(ReLU(), x)
 
 
+def _floor(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
+    return b.emit(Floor(), x)
+
+
+def _concat(b: _Builder, attrs: _Attrs, *xs: Value) -> _Var:
+    """Concatenation of variables (a constant part is not supported) along a per-sample axis."""
+    xs = [_var(x, f"input {i}") for i, x in enumerate(xs)]
+    axis = b.axis(xs[0], attrs.get("axis"))
+    return b.emit(Concat(axis, len(xs)), *xs)
+
+
 def _shape(b: _Builder, attrs: _Attrs, x: _Var) -> np.ndarray:
     """The ONNX shape of a variable (batch dim 1) as a constant."""
     start, end = attrs.get("start", 0), attrs.get("end")
@@ -718,10 +733,12 @@ _CONVERTERS = {
     "AveragePool": _avgpool,
     "BatchNormalization": _batchnorm,
     "Cast": _cast,
+    "Concat": _concat,
     "Conv": _conv,
     "Div": partial(_binary, "Div"),
     "Dropout": _dropout,
     "Flatten": _flatten,
+    "Floor": _floor,
     "Gemm": _gemm,
     "GlobalAveragePool": _global_avgpool,
     "Identity": _identity,
