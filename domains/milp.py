@@ -239,7 +239,7 @@ def _encode_floor(builder: _Builder, pre: tuple[sparse.csr_matrix, np.ndarray], 
     """Constraints of k = floor(z) with bounds lo, hi of k (n,): an integer k in z - 1 - tol <= k <= z + tol."""
     E, e = pre
     k = builder.add_vars(np.floor(lo), np.ceil(hi), integer=True)
-    tol = rel_tol * (1 + np.maximum(np.abs(pre_lo), np.abs(pre_hi)))
+    tol = rel_tol * np.maximum(np.abs(pre_lo), np.abs(pre_hi))
     K, Z = builder.select(k), builder.widen(E)
     builder.add_rows(sparse.vstack([K - Z, Z - K]), np.concatenate([e + tol, 1 + tol - e]), False)
     return builder.select(k)

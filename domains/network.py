@@ -324,10 +324,14 @@ def straight_through_floor(x: Tensor) -> Tensor:
 class Floor(Monotone):
     """floor(x) coordinate-wise, the quantiser of input abstractions (ONNX Floor).
 
-    The model's own runtime may evaluate the affine ops before the floor with
-    different rounding (e.g. x / eta vs x * (1 / eta)), and floor jumps by 1 at
-    integers; ``bounds`` therefore widens by ``rel_tol * (1 + |x|)`` before
-    rounding, so a bound within a few ulps of an integer covers both sides.
+    The model's own runtime may compute the floor's argument with different
+    rounding (e.g. x / eta vs x * (1 / eta)), and floor jumps by 1 at integers;
+    ``bounds`` therefore widens by ``rel_tol * |x|`` before rounding, so a bound
+    within a few ulps of an integer covers both sides. The tolerance is
+    relative, which covers a scaling in front of the floor (the input
+    abstraction's x / eta; an exact 0 stays 0, so a clipped ball's lower end 0
+    keeps its bin); an argument computed with cancelling offsets near 0 is not
+    covered.
     """
 
     rel_tol: float = 1e-5
@@ -336,8 +340,7 @@ class Floor(Monotone):
         return straight_through_floor(x)
 
     def bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-        return (torch.floor(lower - self.rel_tol * (1 + lower.abs())),
-                torch.floor(upper + self.rel_tol * (1 + upper.abs())))
+        return torch.floor(lower - self.rel_tol * lower.abs()), torch.floor(upper + self.rel_tol * upper.abs())
 
 
 @dataclass
