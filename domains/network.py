@@ -12,8 +12,8 @@ and offers three primitives, all batched over a leading dimension:
   result is one coefficient tensor (N, K, *in_shape) per input and the constant
   (N, K) contributed by the bias: ``A . (W x + b) = (W^T A) . x + A . b``.
 
-Monotone ops (:class:`Floor`, the quantiser of input abstractions such as
-AbsCert's bins) are the exception: non-decreasing, coordinate-wise and not
+Monotone ops (:class:`Floor` and :class:`Clip`, the quantiser of input
+abstractions such as AbsCert's bins) are the exception: non-decreasing, coordinate-wise and not
 affine. Every domain bounds them by intervals only (``bounds``), and
 back-substitution stops at them and concretises with those bounds, as at an
 input; ``forward`` is exact, with a straight-through gradient for attacks.
@@ -315,9 +315,26 @@ class _StraightThroughFloor(torch.autograd.Function):
         return grad
 
 
+class _StraightThroughClamp(torch.autograd.Function):
+    """clamp(x, low, high) exactly, with the identity as gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, low: float | None, high: float | None) -> Tensor:
+        return torch.clamp(x, low, high)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        return grad, None, None
+
+
 def straight_through_floor(x: Tensor) -> Tensor:
     """floor(x), differentiated as the identity (for attacks and training through a quantiser)."""
     return _StraightThroughFloor.apply(x)
+
+
+def straight_through_clamp(x: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
+    """clamp(x, low, high), differentiated as the identity (an attack can still move a clamped bin index)."""
+    return _StraightThroughClamp.apply(x, low, high)
 
 
 @dataclass(repr=False)
@@ -341,6 +358,20 @@ class Floor(Monotone):
 
     def bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         return torch.floor(lower - self.rel_tol * lower.abs()), torch.floor(upper + self.rel_tol * upper.abs())
+
+
+@dataclass(repr=False)
+class Clip(Monotone):
+    """min(max(x, low), high) coordinate-wise (ONNX Clip with constant bounds; None: unbounded)."""
+
+    low: float | None = None
+    high: float | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return straight_through_clamp(x, self.low, self.high)
+
+    def __repr__(self) -> str:
+        return f"Clip({self.low}, {self.high})"
 
 
 @dataclass

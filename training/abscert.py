@@ -1,17 +1,19 @@
 """AbsCert (Zhang et al., CVPR 2023) as a baseline: training on interval abstractions of the input.
 
-AbsCert divides the pixel range into bins of width eta and replaces every pixel x
-by the edges of its bin, ``lower = floor(x / eta) eta`` and ``upper = lower + eta``
-(channels doubled); the network is trained with the ordinary cross-entropy on the
-bin edges of the clean training images. Its "verification" classifies the clean
+AbsCert divides the pixel range [0, 1] into bins of width eta and replaces every
+pixel x by the edges of its bin, ``lower = k eta`` and ``upper = lower + eta`` with
+``k = min(floor(x / eta), k_max)`` (channels doubled; the clamp puts x = 1 into
+the last bin, ``k_max = ceil(1 / eta) - 1``, as the reference implementation
+does); the network is trained with the ordinary cross-entropy on the bin edges
+of the clean training images. Its "verification" classifies the clean
 image's bins: every point of the same bins gets the same label. That is not an
 L-inf certificate. A pixel within eps of a bin edge moves to the neighbouring bin
 (eta >= 2 eps, the paper's setting, makes that at most one neighbour), where the
 network may answer differently.
 
 Here the abstraction is the model's first layer, :class:`BinEdges`, exported to
-ONNX with standard ops (Div, Floor, Mul, Add, Concat) and imported as IR ops
-whose Floor is a monotone op that every domain bounds by intervals: for each
+ONNX with standard ops (Div, Floor, Clip, Mul, Add, Concat) and imported as IR
+ops whose Floor and Clip are monotone ops that every domain bounds by intervals: for each
 pixel the bins reachable within eps give an input box over the bin edges, and
 Box / DeepPoly / MN-BaB / MILP certify the rest of the network soundly. PGD
 attacks the images themselves, through a straight-through floor gradient, and
@@ -20,12 +22,13 @@ every counterexample is confirmed on the real model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from domains.network import Concat, ElementwiseAffine, Floor, Op, straight_through_floor
+from domains.network import Clip, Concat, ElementwiseAffine, Floor, Op, straight_through_clamp, straight_through_floor
 
 
 class BinEdges(nn.Module):
@@ -36,15 +39,18 @@ class BinEdges(nn.Module):
         if not eta > 0:
             raise ValueError(f"the bin width eta must be positive, got {eta}")
         self.register_buffer("eta", torch.tensor(float(eta)))
+        self.last_bin = float(math.ceil(1 / eta - 1e-9) - 1)  # k_max: the bin holding x = 1
 
     def forward(self, x: Tensor) -> Tensor:
-        lower = straight_through_floor(x / self.eta) * self.eta
+        bins = straight_through_clamp(straight_through_floor(x / self.eta), None, self.last_bin)
+        lower = bins * self.eta
         return torch.cat([lower, lower + self.eta], 1)
 
     def to_ir(self, emit: Callable[[Op, tuple[int, ...]], int], node: int) -> int:
-        """The same map as IR ops: x * (1 / eta) -> Floor -> * eta (lower) -> + eta (upper) -> Concat."""
+        """The same map as IR ops: x * (1 / eta) -> Floor -> Clip -> * eta (lower) -> + eta (upper) -> Concat."""
         one, zero = torch.ones_like(self.eta), torch.zeros_like(self.eta)
         bins = emit(Floor(), (emit(ElementwiseAffine(1 / self.eta, zero), (node,)),))
+        bins = emit(Clip(None, self.last_bin), (bins,))
         lower = emit(ElementwiseAffine(self.eta, zero), (bins,))
         upper = emit(ElementwiseAffine(one, self.eta), (lower,))
         return emit(Concat(0, 2), (lower, upper))

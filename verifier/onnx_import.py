@@ -21,12 +21,14 @@ Conventions:
   a MatMul + Add pair, or a BatchNormalization after a Conv) is folded into
   the Linear, Conv2d or ElementwiseAffine that feeds only it.
 
-Supported: Add, AveragePool, BatchNormalization, Cast (to float), Concat (of
+Supported: Add, AveragePool, BatchNormalization, Cast (to float), Clip (constant
+bounds), Concat (of
 variables, not along the batch axis), Constant, Conv (2-D, group=1), Div,
 Dropout, Flatten, Floor, Gemm, GlobalAveragePool, Identity, MatMul, Mul, Neg,
 Pad (constant zeros, last two dims), Relu, Reshape, Shape, Squeeze, Sub,
-Transpose, Unsqueeze, plus any op on constants only. Floor (e.g. the input
-abstraction of AbsCert-trained models) is bounded by intervals in every domain.
+Transpose, Unsqueeze, plus any op on constants only. Floor and Clip (e.g. the
+input abstraction of AbsCert-trained models) are bounded by intervals in every
+domain.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from torch import Tensor
 from domains.network import (
     Add,
     AvgPool2d,
+    Clip,
     Concat,
     Conv2d,
     ElementwiseAffine,
@@ -468,6 +471,13 @@ def _floor(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
     return b.emit(Floor(), x)
 
 
+def _clip(b: _Builder, attrs: _Attrs, x: _Var, low: Value | None = None, high: Value | None = None) -> _Var:
+    """Clip by constant scalars (inputs since opset 11, attributes min / max before)."""
+    bounds = [attrs.get("min") if low is None else low, attrs.get("max") if high is None else high]
+    bounds = [None if v is None else float(np.asarray(_const(v, "a Clip bound")).reshape(())) for v in bounds]
+    return b.emit(Clip(*bounds), x)
+
+
 def _concat(b: _Builder, attrs: _Attrs, *xs: Value) -> _Var:
     """Concatenation of variables (a constant part is not supported) along a per-sample axis."""
     xs = [_var(x, f"input {i}") for i, x in enumerate(xs)]
@@ -733,6 +743,7 @@ _CONVERTERS = {
     "AveragePool": _avgpool,
     "BatchNormalization": _batchnorm,
     "Cast": _cast,
+    "Clip": _clip,
     "Concat": _concat,
     "Conv": _conv,
     "Div": partial(_binary, "Div"),

@@ -44,9 +44,10 @@ def test_bin_edges_are_the_edges_of_each_pixels_bin():
     x = torch.tensor([[0.0, 0.05, 0.2, 0.39, 0.4, 0.999, 1.0]])
     out = BinEdges(ETA)(x)
     lower, upper = out[:, :7], out[:, 7:]
-    assert torch.allclose(lower, torch.tensor([[0.0, 0.0, 0.2, 0.2, 0.4, 0.8, 1.0]]))
+    assert torch.allclose(lower, torch.tensor([[0.0, 0.0, 0.2, 0.2, 0.4, 0.8, 0.8]]))  # 1 is in the last bin
     assert torch.allclose(upper - lower, torch.full_like(lower, ETA))
-    assert bool(((lower <= x) & (x < upper)).all())
+    assert bool(((lower <= x) & (x <= upper)).all())
+    assert torch.allclose(BinEdges(0.3)(torch.tensor([[1.0, 0.95]]))[:, :2], torch.tensor([[0.9, 0.9]]))
 
 
 def test_straight_through_gradient_reaches_the_image():
@@ -72,7 +73,8 @@ def test_front_layer_box_holds_every_point_of_the_ball(tmp_path, seed):
     # the bins the ball meets (at most two as eta >= 2 eps), one more only where it ends on a bin edge (x = 0.3)
     bins = ((hi - lo) / ETA).round() + 1
     ends = torch.stack([lower, upper]).double().flatten(2).repeat(1, 1, 2) / ETA  # (2, N, 18)
-    expected = torch.floor(ends[1]) - torch.floor(ends[0]) + 1
+    last = 1 / ETA - 1  # the last bin's index: x = 1 is clamped into it
+    expected = torch.floor(ends[1]).clamp(max=last) - torch.floor(ends[0]).clamp(max=last) + 1
     near_edge = ((ends - ends.round()).abs() < 1e-4).any(0)
     assert bool((bins >= expected).all()) and bool((bins[~near_edge] == expected[~near_edge]).all())
     assert bool((expected <= 2).all()) and bool((bins[:6] <= 2).all())
