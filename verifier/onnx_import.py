@@ -473,9 +473,8 @@ def _floor(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
 
 def _clip(b: _Builder, attrs: _Attrs, x: _Var, low: Value | None = None, high: Value | None = None) -> _Var:
     """Clip by constant scalars (inputs since opset 11, attributes min / max before)."""
-    bounds = [attrs.get("min") if low is None else low, attrs.get("max") if high is None else high]
-    bounds = [None if v is None else float(np.asarray(_const(v, "a Clip bound")).reshape(())) for v in bounds]
-    return b.emit(Clip(*bounds), x)
+    bounds = [attrs.get(name) if v is None else _const(v, "a Clip bound") for name, v in (("min", low), ("max", high))]
+    return b.emit(Clip(*(None if v is None else float(np.asarray(v).reshape(())) for v in bounds)), x)
 
 
 def _concat(b: _Builder, attrs: _Attrs, *xs: Value) -> _Var:

@@ -6,6 +6,7 @@ import torch
 from domains.network import (
     Add,
     AvgPool2d,
+    Clip,
     Concat,
     Conv2d,
     ElementwiseAffine,
@@ -104,6 +105,16 @@ def test_floor_is_exact_with_identity_gradient_and_monotone_bounds():
     assert torch.equal(x.grad, torch.ones(5))
     lo, hi = Floor().bounds(torch.tensor([-1.5, 0.0, 0.3]), torch.tensor([0.7, 0.0, 2.5]))
     assert lo.tolist() == [-2.0, 0.0, 0.0] and hi.tolist() == [0.0, 0.0, 2.0]
+
+
+def test_clip_is_exact_with_identity_gradient_and_monotone_bounds():
+    x = torch.tensor([-3.0, 0.5, 4.0], requires_grad=True)
+    y = Clip(-1.0, 2.0).forward(x)
+    assert y.tolist() == [-1.0, 0.5, 2.0]
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(3))
+    lo, hi = Clip(None, 2.0).bounds(torch.tensor([-3.0, 0.5]), torch.tensor([1.0, 4.0]))
+    assert lo.tolist() == [-3.0, 0.5] and hi.tolist() == [1.0, 2.0]
 
 
 def test_invalid_inputs_rejected():
