@@ -145,7 +145,8 @@ def collect(args: argparse.Namespace, wall_times: dict[str, float], certified: d
     return {"benchmark": "train_mnist", "model": args.model, "eps": args.eps, "epochs": args.epochs,
             "jobs": args.jobs, "threads": args.threads, "certify_domains": args.certify_domains,
             "certify_timeout_s": args.certify_timeout, "config": config["config"],
-            "versions": config["versions"], "merged_from": args.merge, "results": rows}
+            "versions": config["versions"], "merged_from": args.merge,
+            "merged_config": previous.get("config", previous.get("sabr_config")), "results": rows}
 
 
 def markdown(result: dict) -> str:
