@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (checkpoint, metrics, model.onnx, summary)")
     p.add_argument("--train-eps", type=eps_value, help="epsilon trained for (default: --eps)")
     p.add_argument("--lambda", dest="lam", type=float, help="SABR small-box ratio tau / eps in (0, 1]; 1 is IBP")
-    p.add_argument("--bin-width", type=float, help="AbsCert's bin width eta of the input abstraction, >= 2 eps "
+    p.add_argument("--bin-width", type=eps_value, help="AbsCert's bin width eta of the input abstraction, >= 2 eps "
                                                    "(default: 2 * --train-eps)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

@@ -1,8 +1,9 @@
 """The Box (interval) domain: batched, differentiable interval propagation.
 
 Affine ops propagate centre and radius, ``W c + b`` and ``|W| r``, which is exact
-for a single affine op; ReLU and the other monotone ops are applied to both ends. This is also the domain
-used by certified training (IBP / SABR), so everything stays differentiable.
+for a single affine op; ReLU and the other monotone ops are applied to both
+ends. This is also the domain used by certified training (IBP / SABR), so
+everything stays differentiable.
 """
 
 from __future__ import annotations

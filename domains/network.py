@@ -13,10 +13,11 @@ and offers three primitives, all batched over a leading dimension:
   (N, K) contributed by the bias: ``A . (W x + b) = (W^T A) . x + A . b``.
 
 Monotone ops (:class:`Floor` and :class:`Clip`, the quantiser of input
-abstractions such as AbsCert's bins) are the exception: non-decreasing, coordinate-wise and not
-affine. Every domain bounds them by intervals only (``bounds``), and
-back-substitution stops at them and concretises with those bounds, as at an
-input; ``forward`` is exact, with a straight-through gradient for attacks.
+abstractions such as AbsCert's bins) are the exception: non-decreasing,
+coordinate-wise and not affine. Every domain bounds them by intervals only
+(``bounds``), and back-substitution stops at them and concretises with those
+bounds, as at an input; ``forward`` is exact, with a straight-through gradient
+for attacks.
 
 Convolutions and pooling use conv / conv_transpose, never dense matrices. A new
 ONNX op means one new class here; a new domain never touches this file.
