@@ -6,7 +6,8 @@ through the DAG in reverse topological order; affine ops transpose it with
 their ``backward``, ReLU nodes either apply a linear relaxation (DeepPoly and
 stronger domains) or, when no relaxation is given, stop there and are
 concretized with the node's interval bounds (Box with the output spec folded
-into the trailing affine layers). Whatever reaches the input is concretized
+into the trailing affine layers). Monotone ops (e.g. Floor) always stop the
+back-substitution and are concretized with their interval bounds. Whatever reaches the input is concretized
 over the input box.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from domains.network import Input, Network, ReLU
+from domains.network import Input, Monotone, Network, ReLU
 
 # relu_backward(start, node, A) -> (A at the ReLU input, constant (N, K))
 ReluBackward = Callable[[int, int, Tensor], tuple[Tensor, Tensor]]
@@ -41,7 +42,7 @@ def backsubstitute(net: Network, start: int, A: Tensor, bounds: dict[int, tuple[
     Returns ``(A_in, const)``: the coefficients on the input (N, K, *input_shape)
     (zeros if nothing reached the input) and the constant (N, K), such that
     ``A . x_start >= A_in . x + const`` for every input x in the region. Nodes
-    stopped at (ReLUs without relaxation) are concretized into ``const`` using
+    stopped at (ReLUs without relaxation, monotone ops) are concretized into ``const`` using
     ``bounds[node]``, so ``bounds`` needs the output bounds of those nodes.
     """
     pending = {start: A}
@@ -51,6 +52,9 @@ def backsubstitute(net: Network, start: int, A: Tensor, bounds: dict[int, tuple[
             continue
         A_i = pending.pop(i)
         node = net.nodes[i]
+        if isinstance(node.op, Monotone):
+            const = const + concretize(A_i, *bounds[i])
+            continue
         if isinstance(node.op, ReLU):
             if relu_backward is None:
                 const = const + concretize(A_i, *bounds[i])

@@ -1,8 +1,9 @@
 """The Box (interval) domain: batched, differentiable interval propagation.
 
 Affine ops propagate centre and radius, ``W c + b`` and ``|W| r``, which is exact
-for a single affine op; ReLU is applied to both ends. This is also the domain
-used by certified training (IBP / SABR), so everything stays differentiable.
+for a single affine op; ReLU and the other monotone ops are applied to both
+ends. This is also the domain used by certified training (IBP / SABR), so
+everything stays differentiable.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from domains.backsub import backsubstitute, concretize
-from domains.network import Network, ReLU
+from domains.network import Monotone, Network, ReLU
 
 Bounds = tuple[Tensor, Tensor]
 
@@ -24,15 +25,21 @@ def affine_bounds(op, *bounds: Bounds) -> Bounds:
     return center - radius, center + radius
 
 
+def op_bounds(op, *bounds: Bounds) -> Bounds:
+    """Interval image of any op of the IR given interval inputs (N, *in) -> (N, *out)."""
+    if isinstance(op, ReLU):
+        lo, hi = bounds[0]
+        return torch.relu(lo), torch.relu(hi)
+    if isinstance(op, Monotone):
+        return op.bounds(*bounds[0])
+    return affine_bounds(op, *bounds)
+
+
 def propagate(net: Network, lower: Tensor, upper: Tensor) -> list[Bounds]:
     """Interval bounds of every node for inputs in [lower, upper] (N, *input_shape)."""
     bounds = [(lower, upper)]
     for node in net.nodes[1:]:
-        if isinstance(node.op, ReLU):
-            lo, hi = bounds[node.inputs[0]]
-            bounds.append((torch.relu(lo), torch.relu(hi)))
-        else:
-            bounds.append(affine_bounds(node.op, *(bounds[j] for j in node.inputs)))
+        bounds.append(op_bounds(node.op, *(bounds[j] for j in node.inputs)))
     return bounds
 
 

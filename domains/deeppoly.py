@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from domains.backsub import argmin_on_box, backsubstitute, concretize
-from domains.box import Bounds, affine_bounds
+from domains.box import Bounds, affine_bounds, op_bounds
 from domains.box import bound_linear as box_bound_linear
-from domains.network import Network, ReLU
+from domains.network import Monotone, Network, ReLU
 
 
 def triangle_upper(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
@@ -159,6 +159,9 @@ class DeepPoly:
                 lo, hi = self.bounds[node.inputs[0]]
                 self.upper_lines[i] = triangle_upper(lo, hi)
                 self.bounds[i] = (torch.relu(lo), torch.relu(hi))
+                continue
+            if isinstance(node.op, Monotone):  # interval bounds only: back-substitution stops here
+                self.bounds[i] = op_bounds(node.op, self.bounds[node.inputs[0]])
                 continue
             lo, hi = affine_bounds(node.op, *(self.bounds[j] for j in node.inputs))
             if i in known:

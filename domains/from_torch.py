@@ -1,8 +1,10 @@
 """Conversion of torch modules to the network IR.
 
 Supported: ``nn.Sequential`` (nested) of Linear, Conv2d (groups=1), AvgPool2d,
-BatchNorm1d/2d, ReLU, Flatten, Identity, the :class:`Normalize` layer below and
-:class:`Residual` blocks (``main(x) + shortcut(x)``).
+BatchNorm1d/2d, ReLU, Flatten, Identity, the :class:`Normalize` layer below,
+:class:`Residual` blocks (``main(x) + shortcut(x)``) and any module with a
+method ``to_ir(emit, node) -> node`` that emits its own IR ops (``emit(op,
+input_nodes) -> node``), e.g. an input abstraction made of several ops.
 
 The IR shares the module's parameters (no copies), so bounds computed on it are
 differentiable with respect to them: certified training relies on that.
@@ -108,6 +110,8 @@ def network_from_torch(model: nn.Module, input_shape: tuple[int, ...],
             return emit(AddOp(), (main, shortcut))
         if isinstance(module, nn.Identity):
             return node
+        if hasattr(module, "to_ir"):
+            return module.to_ir(emit, node)
         return emit(_leaf_op(module, batch_stats), (node,))
 
     convert(model, 0)

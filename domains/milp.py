@@ -15,7 +15,10 @@ encoded exactly by the big-M constraints
 
     y >= z,  y >= 0,  y <= z - l (1 - a),  y <= u a,  a in {0, 1};
 
-stable neurons are ``y = z`` or ``y = 0``. A clause (rows J of ``C y <= d``) is
+stable neurons are ``y = z`` or ``y = 0``. A Floor ``k = floor(z)`` (input
+abstractions) is an integer k with ``z - 1 - tol <= k <= z + tol``: exact up to
+its rounding tolerance (a relaxation, so still sound); a Clip is
+``low + relu(z - low)`` then ``high - relu(high - .)``, exact. A clause (rows J of ``C y <= d``) is
 decided by ``min t s.t. C_j y - d_j <= t (j in J)``: its margin. The
 constraint matrix is built once per property; clauses only add their rows.
 :func:`milp_verify` stops a clause's search as soon as the sign of its minimum
@@ -60,7 +63,7 @@ from scipy import sparse
 from torch import Tensor
 
 from domains.deeppoly import DeepPoly
-from domains.network import Network, ReLU
+from domains.network import Clip, Floor, Network, ReLU
 
 BOUND_SLACK = 1e-6   # relative + absolute widening of the intermediate bounds
 CERTIFY_TOL = 1e-6   # a clause is safe only if its proven minimum margin exceeds this
@@ -232,6 +235,29 @@ def _encode_relu(builder: _Builder, pre: tuple[sparse.csr_matrix, np.ndarray],
     return builder.select(out)
 
 
+def _encode_floor(builder: _Builder, pre: tuple[sparse.csr_matrix, np.ndarray], lo: np.ndarray, hi: np.ndarray,
+                  pre_lo: np.ndarray, pre_hi: np.ndarray, rel_tol: float) -> sparse.csr_matrix:
+    """Constraints of k = floor(z) with bounds lo, hi of k (n,): an integer k in z - 1 - tol <= k <= z + tol."""
+    E, e = pre
+    k = builder.add_vars(np.floor(lo), np.ceil(hi), integer=True)
+    tol = rel_tol * np.maximum(np.abs(pre_lo), np.abs(pre_hi))
+    K, Z = builder.select(k), builder.widen(E)
+    builder.add_rows(sparse.vstack([K - Z, Z - K]), np.concatenate([e + tol, 1 + tol - e]), False)
+    return builder.select(k)
+
+
+def _encode_clip(builder: _Builder, pre: tuple[sparse.csr_matrix, np.ndarray], lo: np.ndarray, hi: np.ndarray,
+                 low: float | None, high: float | None) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """y = min(max(z, low), high) as low + relu(z - low), then high - relu(high - y); returns y = E v + e."""
+    E, e = pre
+    if low is not None:
+        E, e = _encode_relu(builder, (E, e - low), lo - low, hi - low), np.full(len(e), low)
+        lo, hi = np.maximum(lo, low), np.maximum(hi, low)
+    if high is not None:
+        E, e = -_encode_relu(builder, (-builder.widen(E), high - e), high - hi, high - lo), np.full(len(e), high)
+    return E, e
+
+
 @dataclass
 class _Encoding:
     """The network's constraints (``base``, objective t = the last variable) and its output ``y = E v + e``."""
@@ -268,6 +294,15 @@ def _encode(net: Network, lower: Tensor, upper: Tensor, known: dict | None = Non
         if isinstance(node.op, ReLU):
             pre = node.inputs[0]
             exprs[i] = (_encode_relu(builder, exprs[pre], *_widened(dp.bounds[pre])), np.zeros(len(exprs[pre][1])))
+            continue
+        if isinstance(node.op, Floor):
+            pre = node.inputs[0]
+            exprs[i] = (_encode_floor(builder, exprs[pre], *_widened(dp.bounds[i]), *_widened(dp.bounds[pre]),
+                                      node.op.rel_tol), np.zeros(len(exprs[pre][1])))
+            continue
+        if isinstance(node.op, Clip):
+            pre = node.inputs[0]
+            exprs[i] = _encode_clip(builder, exprs[pre], *_widened(dp.bounds[pre]), node.op.low, node.op.high)
             continue
         Ws, b = _affine_matrices(node.op)
         E = sum(W @ builder.widen(exprs[j][0]) for W, j in zip(Ws, node.inputs))

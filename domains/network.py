@@ -12,6 +12,13 @@ and offers three primitives, all batched over a leading dimension:
   result is one coefficient tensor (N, K, *in_shape) per input and the constant
   (N, K) contributed by the bias: ``A . (W x + b) = (W^T A) . x + A . b``.
 
+Monotone ops (:class:`Floor` and :class:`Clip`, the quantiser of input
+abstractions such as AbsCert's bins) are the exception: non-decreasing,
+coordinate-wise and not affine. Every domain bounds them by intervals only
+(``bounds``), and back-substitution stops at them and concretises with those
+bounds, as at an input; ``forward`` is exact, with a straight-through gradient
+for attacks.
+
 Convolutions and pooling use conv / conv_transpose, never dense matrices. A new
 ONNX op means one new class here; a new domain never touches this file.
 """
@@ -263,6 +270,109 @@ class Add(Op):
 
     def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
         return [A, A], A.new_zeros(A.shape[:2])
+
+
+@dataclass(repr=False)
+class Concat(Op):
+    """Concatenation of branches along the per-sample axis ``axis`` (e.g. channels: 0)."""
+
+    coordinatewise = True
+
+    axis: int = 0
+    n_inputs: int = 2
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return torch.cat(xs, self.axis + 1)
+
+    forward_abs = forward
+
+    def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
+        sizes = [shape[self.axis] for shape in self.in_shapes]
+        return list(A.split(sizes, self.axis + 2)), A.new_zeros(A.shape[:2])
+
+    def __repr__(self) -> str:
+        return f"Concat(axis={self.axis})"
+
+
+class Monotone(Op):
+    """A non-decreasing coordinate-wise op that is not affine: domains bound it by intervals only."""
+
+    coordinatewise = True
+
+    def bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """Interval image of [lower, upper] (N, *s): (f(lower), f(upper)) for a non-decreasing f."""
+        return self.forward(lower), self.forward(upper)
+
+
+class _StraightThroughFloor(torch.autograd.Function):
+    """floor(x) exactly, with the identity as gradient (floor's own is zero almost everywhere)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+class _StraightThroughClamp(torch.autograd.Function):
+    """clamp(x, low, high) exactly, with the identity as gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, low: float | None, high: float | None) -> Tensor:
+        return torch.clamp(x, low, high)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        return grad, None, None
+
+
+def straight_through_floor(x: Tensor) -> Tensor:
+    """floor(x), differentiated as the identity (for attacks and training through a quantiser)."""
+    return _StraightThroughFloor.apply(x)
+
+
+def straight_through_clamp(x: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
+    """clamp(x, low, high), differentiated as the identity (an attack can still move a clamped bin index)."""
+    return _StraightThroughClamp.apply(x, low, high)
+
+
+@dataclass(repr=False)
+class Floor(Monotone):
+    """floor(x) coordinate-wise, the quantiser of input abstractions (ONNX Floor).
+
+    The model's own runtime may compute the floor's argument with different
+    rounding (e.g. x / eta vs x * (1 / eta)), and floor jumps by 1 at integers;
+    ``bounds`` therefore widens by ``rel_tol * |x|`` before rounding, so a bound
+    within a few ulps of an integer covers both sides. The tolerance is
+    relative, which covers a scaling in front of the floor (the input
+    abstraction's x / eta; an exact 0 stays 0, so a clipped ball's lower end 0
+    keeps its bin); an argument computed with cancelling offsets near 0 is not
+    covered.
+    """
+
+    rel_tol: float = 1e-5
+
+    def forward(self, x: Tensor) -> Tensor:
+        return straight_through_floor(x)
+
+    def bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.floor(lower - self.rel_tol * lower.abs()), torch.floor(upper + self.rel_tol * upper.abs())
+
+
+@dataclass(repr=False)
+class Clip(Monotone):
+    """min(max(x, low), high) coordinate-wise (ONNX Clip with constant bounds; None: unbounded)."""
+
+    low: float | None = None
+    high: float | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return straight_through_clamp(x, self.low, self.high)
+
+    def __repr__(self) -> str:
+        return f"Clip({self.low}, {self.high})"
 
 
 @dataclass

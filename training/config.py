@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
+from training.abscert import default_bin_width
 from training.datasets import DATASETS
 
-METHODS = ("std", "pgd", "ibp", "sabr")
+METHODS = ("std", "pgd", "ibp", "sabr", "abscert")
 MODELS = ("fc", "cnn3", "cnn5", "cnn7")
 CERTIFIED = ("ibp", "sabr")
 
@@ -58,6 +59,7 @@ class TrainConfig:
     out: str
     train_eps: float | None = None  # epsilon trained for (default: eps)
     lam: float | None = None  # SABR: small-box radius tau = lam * eps; 1 is IBP
+    bin_width: float | None = None  # AbsCert: bin width eta of the input abstraction (default 2 * train_eps)
     epochs: int | None = None
     batch_size: int | None = None
     lr: float = 5e-4
@@ -97,6 +99,7 @@ class TrainConfig:
             self,
             train_eps=self.eps if self.train_eps is None else self.train_eps,
             lam=r.lam if self.lam is None else self.lam,
+            bin_width=self._bin_width(),
             epochs=epochs,
             batch_size=r.batch_size if self.batch_size is None else self.batch_size,
             lr_milestones=tuple(self.lr_milestones if self.lr_milestones is not None
@@ -110,6 +113,12 @@ class TrainConfig:
         config._check_values()
         return config
 
+    def _bin_width(self) -> float | None:
+        """AbsCert's eta: as given, else the paper's 2 * train_eps; None for the other methods."""
+        if self.method != "abscert" or self.bin_width is not None:
+            return self.bin_width
+        return default_bin_width(self.eps if self.train_eps is None else self.train_eps)
+
     def _check_names(self) -> None:
         for name, value, choices in (("method", self.method, METHODS), ("dataset", self.dataset, DATASETS),
                                      ("model", self.model, MODELS)):
@@ -122,6 +131,10 @@ class TrainConfig:
             (self.eps <= 1 and self.train_eps <= 1, "eps must not exceed the input range [0, 1]"),
             (self.method not in CERTIFIED or self.train_eps > 0, f"--method {self.method} needs a positive eps"),
             (0 < self.lam <= 1, "--lambda must be in (0, 1]"),
+            (self.method == "abscert" or self.bin_width is None, "--bin-width applies to --method abscert only"),
+            (self.method != "abscert" or self.bin_width > 0, "--method abscert needs a positive --bin-width or eps"),
+            (self.method != "abscert" or self.bin_width >= 2 * self.train_eps,
+             "--bin-width must be >= 2 * eps (AbsCert's setting: an eps-ball meets at most two bins per pixel)"),
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 2, "--batch-size must be >= 2 (BatchNorm needs batch statistics)"),
             (self.lr > 0, "--lr must be positive"),

@@ -1,6 +1,8 @@
 """The training objective of one batch for each method: std, pgd, ibp and sabr.
 
 - std: cross-entropy of the clean batch.
+- abscert: the same; its model starts with the abstraction of the input to bin
+  edges (training/abscert.py), so this is AbsCert's loss on the clean bins.
 - pgd: cross-entropy at PGD points of B(x, eps) (adversarial training, Madry et al.).
 - ibp / sabr: the Box cross-entropy over the propagation region (the whole ball for
   IBP, SABR's small box otherwise), plus Shi et al.'s warm-up regularisers while
@@ -38,7 +40,7 @@ class BatchSetting:
 def method_loss(method: str, model: nn.Module, x: Tensor, y: Tensor, setting: BatchSetting, lam: float,
                 pgd_steps: int, reg_tol: float) -> dict[str, Tensor]:
     """Loss terms {"ce": ..., "reg": ...} of ``method`` on the batch x (N, C, H, W), y (N,)."""
-    if setting.natural or method == "std":
+    if setting.natural or method in ("std", "abscert"):
         return {"ce": F.cross_entropy(model(x), y)}
     if method == "pgd":
         x_adv = attack(model, x, y, *linf_box(x, setting.eps), pgd_steps, cross_entropy_objective)

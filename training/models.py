@@ -10,6 +10,10 @@ unnormalised space.
 - ``cnn7``: Shi et al. 2021 / SABR: 3x3 convs 64, 64, 128 (stride 2), 128, 128, linear 512,
   linear; BatchNorm after every hidden layer.
 - ``fc``: linear layers of the given widths.
+
+With ``bin_width`` (AbsCert, see training/abscert.py) the model starts with the
+abstraction of each pixel to its bin's edges (channels doubled), normalised with
+the dataset's statistics per edge channel.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from domains.from_torch import Normalize
+from training.abscert import BinEdges
 from training.datasets import MEAN, SHAPE, STD
 
 N_CLASSES = 10
@@ -41,11 +46,15 @@ CONVNETS = {
 }
 
 
-def build_model(name: str, dataset: str, widths: tuple[int, ...] = (100, 100)) -> nn.Sequential:
-    """The model ``name`` (fc, cnn3, cnn5, cnn7) for images of ``dataset``."""
+def build_model(name: str, dataset: str, widths: tuple[int, ...] = (100, 100),
+                bin_width: float | None = None) -> nn.Sequential:
+    """The model ``name`` (fc, cnn3, cnn5, cnn7) for images of ``dataset``, abstracted to bins of ``bin_width``."""
     arch = Architecture((), tuple(widths), batchnorm=False) if name == "fc" else CONVNETS[name]
     channels, height, width = SHAPE[dataset]
     layers: list[nn.Module] = [Normalize(MEAN[dataset], STD[dataset])]
+    if bin_width is not None:
+        layers = [BinEdges(bin_width), Normalize(MEAN[dataset] * 2, STD[dataset] * 2)]
+        channels *= 2
     for out, kernel, stride, padding in arch.convs:
         layers += _hidden(nn.Conv2d(channels, out, kernel, stride, padding), nn.BatchNorm2d(out), arch.batchnorm)
         channels = out

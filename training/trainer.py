@@ -1,4 +1,4 @@
-"""The training loop: std, pgd, ibp and sabr through one loop, with checkpoints, metrics and export.
+"""The training loop: std, pgd, ibp, sabr and abscert through one loop, with checkpoints, metrics and export.
 
 A run directory holds:
 
@@ -55,7 +55,7 @@ class Run:
         _seed_everything(config.seed)
         self.config = config
         self.device = device
-        self.model = build_model(config.model, config.dataset, config.widths)
+        self.model = build_model(config.model, config.dataset, config.widths, config.bin_width)
         if config.method in CERTIFIED:
             ibp_init(self.model)
         if distributed.world_size() > 1:

@@ -21,10 +21,14 @@ Conventions:
   a MatMul + Add pair, or a BatchNormalization after a Conv) is folded into
   the Linear, Conv2d or ElementwiseAffine that feeds only it.
 
-Supported: Add, AveragePool, BatchNormalization, Cast (to float), Constant,
-Conv (2-D, group=1), Div, Dropout, Flatten, Gemm, GlobalAveragePool, Identity,
-MatMul, Mul, Neg, Pad (constant zeros, last two dims), Relu, Reshape, Shape,
-Squeeze, Sub, Transpose, Unsqueeze, plus any op on constants only.
+Supported: Add, AveragePool, BatchNormalization, Cast (to float), Clip (constant
+bounds), Concat (of
+variables, not along the batch axis), Constant, Conv (2-D, group=1), Div,
+Dropout, Flatten, Floor, Gemm, GlobalAveragePool, Identity, MatMul, Mul, Neg,
+Pad (constant zeros, last two dims), Relu, Reshape, Shape, Squeeze, Sub,
+Transpose, Unsqueeze, plus any op on constants only. Floor and Clip (e.g. the
+input abstraction of AbsCert-trained models) are bounded by intervals in every
+domain.
 """
 
 from __future__ import annotations
@@ -49,8 +53,11 @@ from torch import Tensor
 from domains.network import (
     Add,
     AvgPool2d,
+    Clip,
+    Concat,
     Conv2d,
     ElementwiseAffine,
+    Floor,
     Linear,
     Network,
     Op,
@@ -460,6 +467,23 @@ def _relu(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
     return b.emit(ReLU(), x)
 
 
+def _floor(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
+    return b.emit(Floor(), x)
+
+
+def _clip(b: _Builder, attrs: _Attrs, x: _Var, low: Value | None = None, high: Value | None = None) -> _Var:
+    """Clip by constant scalars (inputs since opset 11, attributes min / max before)."""
+    bounds = [attrs.get(name) if v is None else _const(v, "a Clip bound") for name, v in (("min", low), ("max", high))]
+    return b.emit(Clip(*(None if v is None else float(np.asarray(v).reshape(())) for v in bounds)), x)
+
+
+def _concat(b: _Builder, attrs: _Attrs, *xs: Value) -> _Var:
+    """Concatenation of variables (a constant part is not supported) along a per-sample axis."""
+    xs = [_var(x, f"input {i}") for i, x in enumerate(xs)]
+    axis = b.axis(xs[0], attrs.get("axis"))
+    return b.emit(Concat(axis, len(xs)), *xs)
+
+
 def _shape(b: _Builder, attrs: _Attrs, x: _Var) -> np.ndarray:
     """The ONNX shape of a variable (batch dim 1) as a constant."""
     start, end = attrs.get("start", 0), attrs.get("end")
@@ -718,10 +742,13 @@ _CONVERTERS = {
     "AveragePool": _avgpool,
     "BatchNormalization": _batchnorm,
     "Cast": _cast,
+    "Clip": _clip,
+    "Concat": _concat,
     "Conv": _conv,
     "Div": partial(_binary, "Div"),
     "Dropout": _dropout,
     "Flatten": _flatten,
+    "Floor": _floor,
     "Gemm": _gemm,
     "GlobalAveragePool": _global_avgpool,
     "Identity": _identity,

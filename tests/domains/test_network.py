@@ -3,7 +3,21 @@
 import pytest
 import torch
 
-from domains.network import Add, AvgPool2d, Conv2d, ElementwiseAffine, Linear, Network, Pad, Reshape, Transpose, prepend
+from domains.network import (
+    Add,
+    AvgPool2d,
+    Clip,
+    Concat,
+    Conv2d,
+    ElementwiseAffine,
+    Floor,
+    Linear,
+    Network,
+    Pad,
+    Reshape,
+    Transpose,
+    prepend,
+)
 
 torch.manual_seed(0)
 
@@ -67,6 +81,40 @@ def test_add_backward_sends_coefficients_to_both_branches():
     assert torch.allclose(net(x), 2 * x)
     (a, b), const = net.nodes[2].op.backward(torch.ones(2, 1, 3))
     assert torch.equal(a, b) and torch.all(const == 0)
+
+
+@pytest.mark.parametrize("axis,shapes", [(0, [(2, 3, 3), (1, 3, 3)]), (1, [(2, 3), (2, 4), (2, 1)])])
+def test_concat_backward_is_transpose(axis, shapes):
+    x = [torch.randn(3, *s) for s in shapes]
+    op = Concat(axis, len(shapes))
+    op.bind(shapes)
+    y = op.forward(*x)
+    assert torch.equal(op.forward_abs(*[v.abs() for v in x]), y.abs())
+    A = torch.randn(3, 4, *y.shape[1:])
+    parts, const = op.backward(A)
+    lhs = (A * y.unsqueeze(1)).flatten(2).sum(-1)
+    rhs = sum((A_j * x_j.unsqueeze(1)).flatten(2).sum(-1) for A_j, x_j in zip(parts, x))
+    assert torch.allclose(lhs, rhs, atol=1e-5) and torch.all(const == 0)
+
+
+def test_floor_is_exact_with_identity_gradient_and_monotone_bounds():
+    x = torch.tensor([-1.5, -0.0, 0.3, 2.0, 2.9999], requires_grad=True)
+    y = Floor().forward(x)
+    assert y.tolist() == [-2.0, 0.0, 0.0, 2.0, 2.0]
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(5))
+    lo, hi = Floor().bounds(torch.tensor([-1.5, 0.0, 0.3]), torch.tensor([0.7, 0.0, 2.5]))
+    assert lo.tolist() == [-2.0, 0.0, 0.0] and hi.tolist() == [0.0, 0.0, 2.0]
+
+
+def test_clip_is_exact_with_identity_gradient_and_monotone_bounds():
+    x = torch.tensor([-3.0, 0.5, 4.0], requires_grad=True)
+    y = Clip(-1.0, 2.0).forward(x)
+    assert y.tolist() == [-1.0, 0.5, 2.0]
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(3))
+    lo, hi = Clip(None, 2.0).bounds(torch.tensor([-3.0, 0.5]), torch.tensor([1.0, 4.0]))
+    assert lo.tolist() == [-3.0, 0.5] and hi.tolist() == [1.0, 2.0]
 
 
 def test_invalid_inputs_rejected():

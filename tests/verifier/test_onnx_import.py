@@ -17,7 +17,19 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from domains.from_torch import Normalize
-from domains.network import AvgPool2d, Conv2d, ElementwiseAffine, Linear, Pad, ReLU, Reshape, Transpose
+from domains.network import (
+    AvgPool2d,
+    Clip,
+    Concat,
+    Conv2d,
+    ElementwiseAffine,
+    Floor,
+    Linear,
+    Pad,
+    ReLU,
+    Reshape,
+    Transpose,
+)
 from tests.paths import vnncomp_dir
 from verifier import onnx_import
 from verifier.onnx_import import OnnxImportError, OnnxModel, load_onnx
@@ -187,6 +199,16 @@ def squeeze_case(opset):
     return [1, 1, 6], nodes + [node("Relu", ["u"])], inits
 
 
+def quantize_case(opset):
+    """An input abstraction: Floor(3 x), clipped, concatenated with x along the channels."""
+    if opset < 11:
+        clip, inits = node("Clip", ["f"], "c", min=-2.0, max=1.0), []
+    else:
+        clip, inits = node("Clip", ["f", "", "hi"], "c"), [numpy_helper.from_array(np.float32(1.0), "hi")]
+    nodes = [node("Mul", ["x", "three"], "m"), node("Floor", ["m"], "f"), clip, node("Concat", ["x", "c"], axis=1)]
+    return [1, 3, 2, 2], nodes, inits + [numpy_helper.from_array(np.float32(3.0), "three")]
+
+
 def global_avgpool_case():
     return [1, 1, 6, 6], [node("GlobalAveragePool", ["x"])], []
 
@@ -223,12 +245,14 @@ CASES = {
     "constant-nodes": constant_node_case(),
     "squeeze-unsqueeze-opset13": squeeze_case(13),
     "squeeze-unsqueeze-opset11": squeeze_case(11),
+    "floor-clip-concat-opset13": quantize_case(13),
+    "floor-clip-concat-opset10-attr": quantize_case(10),
 }
 CASES.update({f"{op}-{'c-x' if first else 'x-c'}-{'x'.join(map(str, shape)) or 'scalar'}":
               arith_case(op, first, shape)
               for op in ("Add", "Sub", "Mul", "Div") for first in (False, True) for shape in ((3, 1, 1), (), (4,))
               if not (op == "Div" and first)})
-OPSETS = {"pad-opset2-attr": 10, "squeeze-unsqueeze-opset11": 11}
+OPSETS = {"pad-opset2-attr": 10, "squeeze-unsqueeze-opset11": 11, "floor-clip-concat-opset10-attr": 10}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -248,6 +272,7 @@ def test_op_matches_onnxruntime(tmp_path, case):
     ("transpose-nhwc", [Transpose, Conv2d, ReLU, Reshape, Linear]),
     ("batchnorm-2d", [ElementwiseAffine, Reshape]),
     ("identity-dropout-neg-cast", [ElementwiseAffine, ReLU]),
+    ("floor-clip-concat-opset13", [ElementwiseAffine, Floor, Clip, Concat, Reshape]),
 ])
 def test_ir_ops(tmp_path, case, expected):
     """Asymmetric padding becomes a Pad op; MatMul + Add becomes one Linear; outputs are flattened."""
