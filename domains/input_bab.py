@@ -12,7 +12,11 @@ and a counterexample to any clause ends the search. A sub-box is done once
 every clause has a row whose lower bound exceeds its d. Every other sub-box is
 
 - checked concretely: its centre, the corners minimising each row's linear
-  lower bound, and a few PGD steps from the most promising of these points;
+  lower bound, a few random points biased towards the sub-box's faces, and a
+  few PGD steps from the most promising of these points. Within each linear
+  region of a ReLU network a linear margin is smallest at a vertex, so
+  counterexamples often lie on faces of the input box (ACAS Xu's do), where
+  uniform samples and PGD's interior steps rarely land;
 - split in half along the dimension of highest smear score
   ``sum_{rows k of open clauses} |A_in[k, j]| * (hi_j - lo_j)`` (the change of the linear
   bound across the box caused by dimension j, Wang et al. 2018 / ERAN), or,
@@ -55,6 +59,7 @@ class InputBaBConfig:
     max_queue: int = 200000  # beyond this many open sub-boxes, go depth-first
     max_depth: int = 200  # a guard against splitting below the floating-point resolution
     order: str = "concrete"  # best-first by the smallest concrete margin found, or by the lower 'bound'
+    samples: int = 4096  # random points per batch, spread over its open sub-boxes (see face_samples)
     attack_seeds: int = 8  # per batch, the lowest-margin points refined by PGD inside their sub-box
     attack_steps: int = 5
 
@@ -129,6 +134,7 @@ class InputBranchAndBound:
         self.net, self.lower, self.upper, self.C, self.d = net, lower, upper, C, d
         self.clause, self.n_clauses = clause, int(clause.max()) + 1
         self.config, self.is_counterexample, self.deadline = config, is_counterexample, deadline
+        self.generator = torch.Generator().manual_seed(0)
         self.stats: dict = {"split": "input", "boxes": 0, "batches": 0, "max_queue": 0, "max_depth": 0}
 
     def property_margin(self, row_lower: Tensor) -> Tensor:
@@ -220,11 +226,12 @@ class InputBranchAndBound:
         Returns a counterexample (or None) and the smallest property margin
         found in each sub-box (N,), an upper bound on its true minimum.
         """
-        per_box = 1 + self.C.shape[1]
-        points = torch.cat([((boxes.lo + boxes.hi) / 2).unsqueeze(1), bounded.candidates], 1)  # (N, 1 + m, *in)
+        samples = self.face_samples(boxes, max(1, self.config.samples // len(boxes)))
+        points = torch.cat([((boxes.lo + boxes.hi) / 2).unsqueeze(1), bounded.candidates, samples], 1)
+        per_box = points.shape[1]  # (N, per_box, *in)
         flat = points.flatten(0, 1)
         with torch.no_grad():
-            margin = self.margin(flat)  # (N * (1 + m),)
+            margin = self.margin(flat)  # (N * per_box,)
         best = margin.view(-1, per_box).amin(1)
         hits = self.is_counterexample(flat)
         if bool(hits.any()) or len(flat) == 0:
@@ -239,6 +246,13 @@ class InputBranchAndBound:
         hits = self.is_counterexample(x)
         best = best.scatter_reduce(0, owner, -loss, reduce="amin")
         return (x[hits][0] if bool(hits.any()) else None), best
+
+    def face_samples(self, boxes: Boxes, k: int) -> Tensor:
+        """k random points per sub-box (N, k, *in); each coordinate is at lo or hi w.p. 1/4 each, else uniform."""
+        shape = (len(boxes), k, *boxes.lo.shape[1:])
+        u = torch.rand(shape, generator=self.generator, dtype=boxes.lo.dtype).to(boxes.lo.device)
+        t = ((u - 0.25) * 2).clamp(0.0, 1.0)  # P(t = 0) = P(t = 1) = 1/4, uniform in between
+        return boxes.lo.unsqueeze(1) + t * (boxes.hi - boxes.lo).unsqueeze(1)
 
     def margin(self, x: Tensor) -> Tensor:
         """The property's margin at inputs x (B, *in) -> (B,); <= 0 violates some clause."""
