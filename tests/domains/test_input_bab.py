@@ -145,3 +145,15 @@ def test_timeout_is_reported_not_guessed():
     net = _net("fc", 0)
     lower, upper, spec = _properties(net, 0)[2]
     assert _search(net, lower, upper, spec, timeout=-1.0).run().status == "timeout"
+
+
+def test_face_samples_lie_in_their_box_and_often_on_its_faces():
+    net = _net("fc3", 0)
+    lower, upper, spec = _properties(net, 0)[0]
+    search = _search(net, lower, upper, spec)
+    lo, hi = torch.tensor([[0.0, 1, 2], [5, 5, 5]]), torch.tensor([[1.0, 3, 2], [6, 9, 7]])
+    x = search.face_samples(Boxes(lo, hi, torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)), 4000)
+    assert x.shape == (2, 4000, 3) and bool(((x >= lo[:, None]) & (x <= hi[:, None])).all())
+    at_lower, at_upper = (x == lo[:, None]).float().mean(1), (x == hi[:, None]).float().mean(1)
+    assert torch.allclose(at_lower[:, :2], torch.tensor(0.25), atol=0.03)
+    assert torch.allclose(at_upper[:, :2], torch.tensor(0.25), atol=0.03)
