@@ -221,7 +221,7 @@ class InputBranchAndBound:
                 return BaBResult("unknown", stats=self.stats)
 
     def probe(self, boxes: Boxes, bounded: BoundedBoxes) -> tuple[Tensor | None, Tensor]:
-        """Concrete points of open sub-boxes: their centres, bound minimisers, and a short PGD from the best.
+        """Concrete points of open sub-boxes: centres, bound minimisers, face samples, a short PGD from the best.
 
         Returns a counterexample (or None) and the smallest property margin
         found in each sub-box (N,), an upper bound on its true minimum.
@@ -233,9 +233,9 @@ class InputBranchAndBound:
         with torch.no_grad():
             margin = self.margin(flat)  # (N * per_box,)
         best = margin.view(-1, per_box).amin(1)
-        hits = self.is_counterexample(flat)
-        if bool(hits.any()) or len(flat) == 0:
-            return (flat[hits][0] if bool(hits.any()) else None), best
+        found = self.confirmed(flat[margin <= 0])
+        if found is not None or len(flat) == 0:
+            return found, best
         if self.config.attack_steps <= 0:
             return None, best
         seeds = margin.argsort()[:self.config.attack_seeds]
@@ -243,9 +243,19 @@ class InputBranchAndBound:
         x, loss = pgd_maximize(lambda x: -self.margin(x), boxes.lo[owner], boxes.hi[owner],
                                steps=self.config.attack_steps, step_size=0.2, x0=flat[seeds],
                                stop=lambda best: best >= 0)
-        hits = self.is_counterexample(x)
         best = best.scatter_reduce(0, owner, -loss, reduce="amin")
-        return (x[hits][0] if bool(hits.any()) else None), best
+        return self.confirmed(x[-loss <= 0]), best
+
+    def confirmed(self, x: Tensor) -> Tensor | None:
+        """The first of the candidates x (B, *in) that ``is_counterexample`` confirms, if any.
+
+        Only points violating one of this search's clauses are passed (the
+        caller's other clauses, if any, are excluded on the whole box).
+        """
+        if len(x) == 0:
+            return None
+        hits = self.is_counterexample(x)
+        return x[hits][0] if bool(hits.any()) else None
 
     def face_samples(self, boxes: Boxes, k: int) -> Tensor:
         """k random points per sub-box (N, k, *in); each coordinate is at lo or hi w.p. 1/4 each, else uniform."""
