@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cli.errors import OneLineParser, UserError, run_main
 from domains.bab import BaBConfig
-from domains.mnbab import MNBaBConfig
+from domains.mnbab import INPUT_SPLIT_MAX_DIMS, MNBaBConfig
 from training import distributed
 from verifier.certify import Instance, Pipeline
 from verifier.instances import (
@@ -128,6 +128,9 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     mnbab.add_argument("--bab-batch-size", type=int, default=64, help="subproblems branched together")
     mnbab.add_argument("--branching", choices=("acs", "babsr"), default="acs",
                        help="active-constraint score (MN-BaB) or BaBSR")
+    mnbab.add_argument("--bab-split", choices=("auto", "relu", "input"), default="auto",
+                       help="branch on ReLUs or on the input box; auto: input for inputs of at most "
+                            f"{INPUT_SPLIT_MAX_DIMS} dimensions (e.g. ACAS Xu), else ReLUs")
     mnbab.add_argument("--multineuron-k", type=int, default=3, choices=(0, 2, 3, 4),
                        help="ReLUs per multi-neuron constraint group (0 disables the constraints)")
     mnbab.add_argument("--alpha-iterations", type=int, default=20, help="slope optimisation steps at the root")
@@ -163,7 +166,7 @@ def options_from(args) -> Options:
         raise UserError("--bab-batch-size must be >= 1 and --alpha-iterations >= 0")
     bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching)
     mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
-                        k=max(args.multineuron_k, 2), bab_config=bab)
+                        k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split)
     return Options(milp_backend=args.milp_backend, mnbab=mnbab)
 
 

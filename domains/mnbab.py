@@ -4,6 +4,12 @@ DeepPoly -> alpha (slopes of all bounds optimised) -> multi-neuron constraints
 (groups of k unstable ReLUs per layer, multipliers gamma optimised jointly with
 the final slopes) -> branch-and-bound on each clause not yet excluded, hardest
 first. Every stage's bounds are sound; the first decision wins.
+
+Branch-and-bound splits ReLUs (:mod:`domains.bab`) or, for inputs of few
+dimensions, the input box (:mod:`domains.input_bab`); ``split='auto'`` picks
+input splitting up to ``INPUT_SPLIT_MAX_DIMS`` input dimensions. Input
+splitting skips the multi-neuron stage: its constraints hold for the root box
+only and the sub-boxes are bounded by DeepPoly afresh.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import Tensor
 
 from domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
 from domains.deeppoly import DeepPoly
+from domains.input_bab import InputBaBConfig, InputBranchAndBound, clause_margins
 from domains.multineuron import octahedral_directions, relu_hull_constraints, select_groups
 from domains.network import Network
 
@@ -33,13 +40,22 @@ class MNBaBConfig:
     gamma_iterations: int = 20
     bab: bool = True
     bab_config: BaBConfig = field(default_factory=BaBConfig)
+    split: str = "auto"  # 'relu', 'input', or 'auto' (input when the input has <= INPUT_SPLIT_MAX_DIMS dims)
+    input_bab_config: InputBaBConfig = field(default_factory=InputBaBConfig)
 
 
-def clause_margins(lower: Tensor, d: Tensor, clause: Tensor, n_clauses: int) -> Tensor:
-    """Per clause, the best row margin ``lb - d``: (N, m) -> (N, n_clauses); > 0 means excluded."""
-    rows = lower - d
-    out = rows.new_full((rows.shape[0], n_clauses), -torch.inf)
-    return out.scatter_reduce(1, clause.expand_as(rows), rows, reduce="amax")
+# Halving every dimension once takes 2^n sub-boxes: at 16 dimensions that is 65536 DeepPoly bounds, about
+# what a batched search gets through in a one-minute timeout on a small network; beyond that input splitting
+# cannot even refine each dimension once and ReLU splitting is the better bet. VNN-COMP's input-split
+# benchmarks (ACAS Xu: 5, cartpole/lunar lander control nets: 4-8) lie far below it, image inputs far above.
+INPUT_SPLIT_MAX_DIMS = 16
+
+
+def splits_input(config: MNBaBConfig, n_inputs: int) -> bool:
+    """Whether branch-and-bound splits the input box (else ReLUs) for an input of ``n_inputs`` dimensions."""
+    if config.split not in ("auto", "relu", "input"):
+        raise ValueError(f"unknown split {config.split!r}")
+    return config.split == "input" or (config.split == "auto" and n_inputs <= INPUT_SPLIT_MAX_DIMS)
 
 
 def multineuron_constraints(dp: DeepPoly, config: MNBaBConfig, deadline: float = math.inf
@@ -85,6 +101,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
     """
     config = config or MNBaBConfig()
     stats: dict = {"stage": "deeppoly"}
+    input_split = config.bab and splits_input(config, lower.numel())
     start = time.monotonic()
     n_clauses = int(clause.max()) + 1
     C, d, clause = C.unsqueeze(0), d.unsqueeze(0), clause.to(C.device)
@@ -99,7 +116,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         stats["stage"] = "alpha"
         bound = torch.maximum(bound, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=True,
                                                  done=decided))
-    if not decided(bound) and config.multineuron and time.monotonic() < deadline:
+    if not decided(bound) and config.multineuron and not input_split and time.monotonic() < deadline:
         stats["stage"] = "multineuron"
         now = time.monotonic()
         dp.constraints = multineuron_constraints(dp, config, now + config.multineuron_share * (deadline - now))
@@ -116,6 +133,9 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
     if not config.bab:
         return BaBResult("unknown", stats=stats)
     stats["stage"] = "bab"
+    if input_split:
+        return _input_bab(net, dp, C, d, clause, margins, config.input_bab_config, is_counterexample, deadline,
+                          stats)
     for k in torch.argsort(margins).tolist():  # hardest clause first
         if margins[k] > 0:
             continue
@@ -125,6 +145,18 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         if result.status != "certified":
             return BaBResult(result.status, result.counterexample, stats)
     return BaBResult("certified", stats=stats)
+
+
+def _input_bab(net: Network, dp: SplitDeepPoly, C: Tensor, d: Tensor, clause: Tensor, margins: Tensor,
+               config: InputBaBConfig, is_counterexample, deadline: float, stats: dict) -> BaBResult:
+    """Input splitting on all clauses the root did not exclude, searched together."""
+    rows = torch.nonzero(margins[clause] <= 0).flatten()
+    _, open_clause = torch.unique(clause[rows], return_inverse=True)  # renumbered 0..n_open-1
+    search = InputBranchAndBound(net, dp.lower, dp.upper, C[:, rows], d[:, rows], open_clause, config,
+                                 is_counterexample, deadline)
+    result = search.run()
+    stats["bab"] = [result.stats]
+    return BaBResult(result.status, result.counterexample, stats)
 
 
 def _bab_clause(dp: SplitDeepPoly, C: Tensor, d: Tensor, rows: Tensor, config: BaBConfig,

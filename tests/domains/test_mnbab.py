@@ -58,7 +58,7 @@ def _check_against_milp(kind, seeds, epsilons, config):
 @pytest.mark.parametrize("multineuron", [False, True], ids=["single-neuron", "multi-neuron"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_agrees_with_exact_milp_and_decides_everything(kind, multineuron):
-    _check_against_milp(kind, range(4), EPSILONS[kind], MNBaBConfig(multineuron=multineuron))
+    _check_against_milp(kind, range(4), EPSILONS[kind], MNBaBConfig(multineuron=multineuron, split="relu"))
 
 
 @pytest.mark.slow
@@ -66,12 +66,13 @@ def test_agrees_with_exact_milp_and_decides_everything(kind, multineuron):
 @pytest.mark.parametrize("kind", KINDS)
 def test_agrees_with_exact_milp_sweep(kind, multineuron):
     """The same check over more nets and radii (a few hundred properties)."""
-    _check_against_milp(kind, range(4, 16), EPSILONS[kind] + SLOW_EPSILONS[kind], MNBaBConfig(multineuron=multineuron))
+    _check_against_milp(kind, range(4, 16), EPSILONS[kind] + SLOW_EPSILONS[kind],
+                        MNBaBConfig(multineuron=multineuron, split="relu"))
 
 
 @pytest.mark.parametrize("branching", ["babsr", "acs"])
 def test_branching_heuristics_reach_the_same_verdicts(branching):
-    config = MNBaBConfig(bab_config=BaBConfig(branching=branching, batch_size=4))
+    config = MNBaBConfig(bab_config=BaBConfig(branching=branching, batch_size=4), split="relu")
     for seed in range(3):
         net, props = _properties("fc", 50 + seed)
         for lower, upper, spec in props:

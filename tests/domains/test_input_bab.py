@@ -1,0 +1,159 @@
+"""Input-splitting branch-and-bound: sound sub-box bounds, verdicts equal to exact MILP, beyond DeepPoly."""
+
+import time
+
+import pytest
+import torch
+
+from domains.deeppoly import DeepPoly
+from domains.from_torch import network_from_torch
+from domains.input_bab import Boxes, InputBaBConfig, InputBranchAndBound, clause_margins
+from domains.milp import milp_verify
+from domains.mnbab import MNBaBConfig, mnbab_verify, splits_input
+from tests.random_nets import fc_model, random_network
+from tests.soundness import concrete_minimum
+from verifier.spec import OutputSpec, robustness_spec
+
+EPSILONS = [0.05, 0.15, 0.3, 0.5]
+
+
+def _net(kind: str, seed: int):
+    """Low-dimensional nets: the 4-input fc and residual nets, and 2- and 3-input fc nets."""
+    if kind in ("fc", "residual"):
+        return random_network(seed, kind, detach=True)[1]
+    n_in = int(kind.removeprefix("fc"))
+    return network_from_torch(fc_model(seed, widths=(10, 10), n_in=n_in), (n_in,)).detach()
+
+
+def _properties(net, seed):
+    """Around one random point: robustness at several radii, and disjunctions of two 2-row clauses."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    x = torch.rand(*net.input_shape, generator=g)
+    y = net(x[None])[0]
+    props = [(x - eps, x + eps, robustness_spec(int(y.argmax()), 3)) for eps in EPSILONS]
+    # unsafe iff (y_0 - y_1 <= t_0 and y_0 - y_2 <= t_1) or (y_1 - y_2 <= t_2 and y_1 <= t_3), thresholds t
+    # placed relative to the values at x (about a third of these are falsified)
+    C = torch.tensor([[1.0, -1, 0], [1, 0, -1], [0, 1, -1], [0, 1, 0]])
+    clause = torch.tensor([0, 0, 1, 1])
+    for eps, offset in ((0.1, [-0.3, -0.3, -0.2, 0.1]), (0.15, [-0.6, -0.6, -0.5, 0.0])):
+        props.append((x - eps, x + eps, OutputSpec(C, C @ y + torch.tensor(offset), clause)))
+    return props
+
+
+def _is_counterexample(net, spec):
+    return lambda xs: spec.is_counterexample(net(xs).flatten(1))
+
+
+def _search(net, lower, upper, spec, config=None, timeout=60.0):
+    return InputBranchAndBound(net, lower[None], upper[None], spec.C[None], spec.d[None], spec.clause,
+                               config or InputBaBConfig(), _is_counterexample(net, spec), time.monotonic() + timeout)
+
+
+def _check_verdict(net, lower, upper, spec, result):
+    """Decided, equal to the exact MILP verdict, and a counterexample that a forward pass confirms."""
+    exact = milp_verify(net, lower, upper, spec.C, spec.d, spec.clause)
+    assert result.status in ("certified", "falsified"), result.stats
+    assert exact.status in ("certified", "falsified")
+    assert result.status == exact.status, result.stats
+    if result.status == "falsified":
+        x = result.counterexample
+        assert x.shape == lower.shape and bool(((x >= lower) & (x <= upper)).all())
+        assert bool(_is_counterexample(net, spec)(x[None])[0])
+
+
+@pytest.mark.parametrize("kind", ["fc2", "fc3", "fc", "residual"])
+def test_agrees_with_exact_milp_and_decides_everything(kind):
+    """Soundness and completeness on tiny nets (no timeout): certified <=> MILP certified."""
+    for seed in range(3):
+        net = _net(kind, seed)
+        for lower, upper, spec in _properties(net, seed):
+            _check_verdict(net, lower, upper, spec, _search(net, lower, upper, spec).run())
+
+
+@pytest.mark.parametrize("config", [InputBaBConfig(branching="width", order="bound"),
+                                    InputBaBConfig(batch_size=3, max_queue=4, alpha_iterations=3)],
+                         ids=["width-bound-order", "depth-first-alpha"])
+def test_variants_reach_the_same_verdicts(config):
+    """Branching by width, bound order, tiny batches with a full queue (depth-first) and alpha steps."""
+    for seed in range(2):
+        net = _net("fc", 10 + seed)
+        for lower, upper, spec in _properties(net, 10 + seed):
+            _check_verdict(net, lower, upper, spec, _search(net, lower, upper, spec, config).run())
+
+
+@pytest.mark.parametrize("kind", ["fc3", "residual"])
+def test_sub_box_bounds_are_sound(kind):
+    """Every sub-box's row bounds lie below concrete values (samples, corners, PGD) of that sub-box."""
+    net = _net(kind, 3)
+    lower, upper, spec = _properties(net, 3)[-1]
+    search = _search(net, lower, upper, spec)
+    g = torch.Generator().manual_seed(0)
+    lo = lower + (upper - lower) * torch.rand(6, *lower.shape, generator=g) * 0.7
+    hi = lo + (upper - lower) * torch.rand(6, *lower.shape, generator=g) * 0.3
+    boxes = Boxes(lo, hi, torch.full((6, len(spec.d)), -torch.inf), torch.zeros(6, dtype=torch.long))
+    with torch.no_grad():
+        bounded = search.bound(boxes)
+    C = spec.C.expand(6, -1, -1)
+    assert (bounded.lower <= concrete_minimum(net, lo, hi, C) + 1e-5).all()
+    # the minimisers are corners of their own sub-box
+    corners = bounded.candidates
+    assert bool(((corners == lo[:, None]) | (corners == hi[:, None])).all())
+
+
+def test_split_halves_the_chosen_dimension():
+    lo, hi = torch.zeros(2, 3), torch.tensor([[1.0, 2, 4], [8, 1, 1]])
+    boxes = Boxes(lo, hi, torch.zeros(2, 1), torch.tensor([0, 5]))
+    children = InputBranchAndBound.split(boxes, torch.tensor([2, 0]))
+    assert torch.equal(children.lo, torch.tensor([[0.0, 0, 0], [0, 0, 0], [0, 0, 2], [4, 0, 0]]))
+    assert torch.equal(children.hi, torch.tensor([[1.0, 2, 2], [4, 1, 1], [1, 2, 4], [8, 1, 1]]))
+    assert children.depth.tolist() == [1, 6, 1, 6]
+
+
+def test_certifies_what_deeppoly_cannot():
+    """Properties MILP proves but DeepPoly on the whole box does not: input splitting proves all of them."""
+    hard = 0
+    for seed in range(4):
+        net = _net("fc", 20 + seed)
+        for lower, upper, spec in _properties(net, 20 + seed):
+            with torch.no_grad():
+                bound = DeepPoly(net, lower[None], upper[None]).bound(spec.C[None])
+            if bool((clause_margins(bound, spec.d[None], spec.clause, spec.n_clauses) > 0).all()):
+                continue
+            if milp_verify(net, lower, upper, spec.C, spec.d, spec.clause).status != "certified":
+                continue
+            hard += 1
+            result = _search(net, lower, upper, spec).run()
+            assert result.status == "certified" and result.stats["boxes"] > 1
+    assert hard >= 2
+
+
+def test_mnbab_picks_input_splitting_for_small_inputs():
+    """--split auto: input splitting for 4 inputs (and the verdict is exact), ReLU splitting for images."""
+    assert splits_input(MNBaBConfig(), 16) and not splits_input(MNBaBConfig(), 17)
+    assert splits_input(MNBaBConfig(split="input"), 784) and not splits_input(MNBaBConfig(split="relu"), 4)
+    net = _net("fc", 30)
+    lower, upper, spec = _properties(net, 30)[-1]
+    for split, kind in (("auto", "input"), ("relu", None)):
+        result = mnbab_verify(net, lower, upper, spec.C, spec.d, spec.clause, time.monotonic() + 60,
+                              _is_counterexample(net, spec), MNBaBConfig(split=split, multineuron=False))
+        _check_verdict(net, lower, upper, spec, result)
+        if "bab" in result.stats:
+            assert result.stats["bab"][0].get("split") == kind
+
+
+def test_timeout_is_reported_not_guessed():
+    net = _net("fc", 0)
+    lower, upper, spec = _properties(net, 0)[2]
+    assert _search(net, lower, upper, spec, timeout=-1.0).run().status == "timeout"
+
+
+def test_face_samples_lie_in_their_box_and_often_on_its_faces():
+    net = _net("fc3", 0)
+    lower, upper, spec = _properties(net, 0)[0]
+    search = _search(net, lower, upper, spec)
+    lo, hi = torch.tensor([[0.0, 1, 2], [5, 5, 5]]), torch.tensor([[1.0, 3, 2], [6, 9, 7]])
+    x = search.face_samples(Boxes(lo, hi, torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)), 4000)
+    assert x.shape == (2, 4000, 3) and bool(((x >= lo[:, None]) & (x <= hi[:, None])).all())
+    at_lower, at_upper = (x == lo[:, None]).float().mean(1), (x == hi[:, None]).float().mean(1)
+    assert torch.allclose(at_lower[:, :2], torch.tensor(0.25), atol=0.03)
+    assert torch.allclose(at_upper[:, :2], torch.tensor(0.25), atol=0.03)
