@@ -72,6 +72,19 @@ def test_inputs_all_domains_and_json_schema(tiny_model, tmp_path, capsys):
     assert summary["mnbab"]["certified"] + summary["mnbab"]["falsified"] == 7  # complete on a tiny net
 
 
+def test_max_memory_reaches_branch_and_bound(tiny_model, tmp_path, capsys):
+    """--max-memory and --max-queue land in BaB's config (recorded in the results); the run completes."""
+    model, inputs, _ = tiny_model
+    out_json = tmp_path / "r.json"
+    code, _, err = run(capsys, model, "--inputs", inputs, "--eps", "2/255", "--domain", "mnbab", "--max-memory",
+                       "1.5K", "--max-queue", "100", "--json", out_json, "--quiet")
+    assert code == 0, err
+    data = json.loads(out_json.read_text())
+    bab = data["meta"]["options"]["mnbab"]["bab_config"]
+    assert bab["max_queue"] == 100 and bab["max_memory"] == 1536
+    assert len(data["results"]) == 8
+
+
 def test_large_eps_falsifies_with_checked_counterexamples(tiny_model, capsys, tmp_path):
     model, inputs, _ = tiny_model
     code, _, err = run(capsys, model, "--inputs", inputs, "--eps", "0.5", "--domain", "box", "--json",
@@ -210,7 +223,8 @@ def _unsupported_model(path):
                                   "vnnlib_undeclared", "vnnlib_empty_box", "vnnlib_size_mismatch", "zero_timeout",
                                   "zero_threads", "zero_num", "resume_without_json", "clip_inverted",
                                   "mean_wrong_count", "std_zero", "device_bogus", "eps_text",
-                                  "instances_start_past_end"])
+                                  "instances_start_past_end", "max_memory_unit", "max_memory_zero",
+                                  "max_queue_zero"])
 def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys):
     model, inputs, _ = tiny_model
     args = {
@@ -252,6 +266,9 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
         "instances_start_past_end": ["--instances", _text(tmp_path / "one.csv",
                                                           f"{model},{_vnnlib(tmp_path, 'ok.vnnlib')},10\n"),
                                      "--out", tmp_path / "o.csv", "--start", "5"],
+        "max_memory_unit": [model, "--inputs", inputs, "--eps", "0.1", "--max-memory", "2X"],
+        "max_memory_zero": [model, "--inputs", inputs, "--eps", "0.1", "--max-memory", "0G"],
+        "max_queue_zero": [model, "--inputs", inputs, "--eps", "0.1", "--max-queue", "0"],
     }[case]
     if case == "cuda_missing" and torch.cuda.is_available() and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
