@@ -28,7 +28,7 @@ from verifier.instances import (
     summarize_instances,
 )
 from verifier.onnx_import import load_onnx
-from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance
+from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, remaining, vnnlib_instance
 from verifier.registry import DOMAINS, Options
 from verifier.results import ResultsFile, command_line, format_table, versions
 from verifier.run import certify_instances
@@ -251,7 +251,7 @@ def certify_run(args, domains: list[str], device: torch.device) -> ResultsFile:
     if args.resume:
         results = ResultsFile.resume(args.json, meta, domains)
         done = results.completed()
-        instances = [inst for inst in instances if inst.index not in done]
+        instances = remaining(instances, done)
     else:
         results = ResultsFile(args.json, meta, domains)
     return certify_instances(pipeline, instances, results, progress=not args.quiet and sys.stderr.isatty())
