@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from domains.alpha import AlphaDeepPoly
+from domains.alpha import AlphaDeepPoly, stop_by
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
 from domains.pgd import pgd_maximize
@@ -285,7 +285,7 @@ class BranchAndBound:
             dp.compute_intermediate_bounds(known=sub.bounds, refine_from=refine_from)
         C, d = self.C.expand(len(sub), *self.C.shape[1:]), self.d.expand(len(sub), -1)
         row_lower = dp.optimize(C, iterations=iterations, lr=self.config.lr_alpha, intermediate=False,
-                                done=lambda best: bool(((best - d).max(1).values > 0).all()))
+                                done=stop_by(self.deadline, lambda best: bool(((best - d).max(1).values > 0).all())))
         with torch.no_grad():
             A_in, const = dp.backsubstitute(dp.output, C)  # records the coefficients for branching
             candidates = argmin_on_box(A_in, dp.lower, dp.upper)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from domains.alpha import stop_by
 from domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
 from domains.deeppoly import DeepPoly
 from domains.multineuron import octahedral_directions, relu_hull_constraints, select_groups
@@ -98,7 +99,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
     if not decided(bound) and config.alpha_iterations > 0 and time.monotonic() < deadline:
         stats["stage"] = "alpha"
         bound = torch.maximum(bound, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=True,
-                                                 done=decided))
+                                                 done=stop_by(deadline, decided)))
     if not decided(bound) and config.multineuron and time.monotonic() < deadline:
         stats["stage"] = "multineuron"
         now = time.monotonic()
@@ -107,7 +108,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
         if dp.gamma:
             bound = torch.maximum(bound, dp.optimize(C, config.gamma_iterations, config.lr_alpha,
-                                                     intermediate=False, done=decided))
+                                                     intermediate=False, done=stop_by(deadline, decided)))
     stats["root_time_s"] = time.monotonic() - start
     margins = clause_margins(bound, d, clause, n_clauses)[0]
     stats["root_margin"] = float(margins.min())
@@ -115,6 +116,8 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         return BaBResult("certified", stats=stats)
     if not config.bab:
         return BaBResult("unknown", stats=stats)
+    if time.monotonic() > deadline:
+        return BaBResult("timeout", stats=stats)
     stats["stage"] = "bab"
     for k in torch.argsort(margins).tolist():  # hardest clause first
         if margins[k] > 0:

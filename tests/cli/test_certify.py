@@ -180,7 +180,7 @@ def test_instances_runner_on_vnncomp_files(tmp_path, capsys):
     assert lines[0] == "onnx,vnnlib,domain,status,result,time_s"
     results = [line.split(",") for line in lines[1:]]
     assert [r[4] for r in results] == ["sat", "unsat" if results[1][3] == "certified" else "timeout", "unsat"]
-    assert float(results[1][5]) < 3 * 1.1 + 0.5  # the instance's own timeout, honoured (slack for a busy machine)
+    assert float(results[1][5]) < 3 * 1.1  # the instance's own timeout, honoured within 10%
     assert "mnbab" in stdout and "unsat" in stdout
 
     answer, x, y = read_answer(answers / "mnbab" / "mnist-net_256x2__prop_1_0.03.txt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import os
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import pytest
 import torch
 
 from cli.certify import demo_files
+from tests.paths import vnncomp_dir
 from tests.random_nets import random_network
 from verifier.certify import Pipeline
 from verifier.onnx_import import load_onnx
-from verifier.problems import adapt_to_images, linf_instances
+from verifier.problems import adapt_to_images, linf_instances, vnnlib_instance
 from verifier.results import ResultsFile
 from verifier.run import certify_instances
+from verifier.vnnlib import parse_vnnlib
 
 
 @pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
@@ -96,3 +99,21 @@ def test_lazy_instances_match_eagerly_built_boxes():
     assert torch.equal(third.props[0].upper, (x[2] + 0.2).clamp(0, 1)) and torch.equal(third.clean, x[2])
     rest = instances.without({10, 13})
     assert [inst.index for inst in rest] == [11, 12, 14] and [inst.index for inst in rest[1:]] == [12, 14]
+
+
+@pytest.mark.parametrize("timeout", [0.5, 1.5])
+def test_per_property_timeout_covers_the_attack_and_the_root_bounds(timeout):
+    """ACAS Xu property 6 (two input boxes) is beyond a short MN-BaB run: the reported time, which includes the
+    PGD attack, DeepPoly, alpha and multi-neuron stages of both boxes, stays within 10% of the timeout."""
+    bench = vnncomp_dir()
+    if bench is None:
+        pytest.skip("VNN-COMP benchmarks not found: set NNCERT_BENCHMARKS")
+    onnx_model = load_onnx(bench / "acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx")
+    model = adapt_to_images(onnx_model.network, onnx_model.run, onnx_model.input_shape)
+    instance = vnnlib_instance(parse_vnnlib(bench / "acasxu/vnnlib/prop_6.vnnlib"), onnx_model.input_shape,
+                               onnx_model.output_size)
+    pipeline = Pipeline(model.network, ["mnbab"], model.oracle, timeout=timeout)
+    start = time.monotonic()
+    [(row,)] = list(pipeline.run([instance]))
+    assert row.status in ("timeout", "certified")
+    assert row.time_s <= 1.1 * timeout and time.monotonic() - start <= 1.1 * timeout + 0.05
