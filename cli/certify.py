@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -32,7 +33,7 @@ from verifier.instances import (
     summarize_instances,
 )
 from verifier.onnx_import import load_onnx
-from verifier.problems import Model, adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance
+from verifier.problems import Model, adapt_to_images, linf_instances, load_inputs_npz, remaining, vnnlib_instance
 from verifier.registry import DOMAINS, Options
 from verifier.results import ResultsFile, command_line, format_table, versions
 from verifier.run import certify_instances
@@ -134,6 +135,12 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     mnbab.add_argument("--multineuron-k", type=int, default=3, choices=(0, 2, 3, 4),
                        help="ReLUs per multi-neuron constraint group (0 disables the constraints)")
     mnbab.add_argument("--alpha-iterations", type=int, default=20, help="slope optimisation steps at the root")
+    mnbab.add_argument("--max-memory", type=size_value, metavar="SIZE",
+                       help="memory for the open subproblems of branch-and-bound, e.g. 512M or 2G (default: no "
+                            "cap); near the cap BaB goes depth-first, and a property whose open subproblems still "
+                            "do not fit ends as unknown")
+    mnbab.add_argument("--max-queue", type=int, default=BaBConfig.max_queue,
+                       help=f"open subproblems beyond which BaB goes depth-first (default {BaBConfig.max_queue})")
     mnbab.add_argument("--milp-backend", choices=("auto", "highs", "gurobi"), default="auto",
                        help="solver for --domain milp")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -141,6 +148,17 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def size_value(text: str) -> int:
+    """Bytes from a size like 2G, 512M, 1.5G or 1000000 (binary units, an optional trailing B or iB)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size like 512M or 2G, got {text!r}")
+    return int(float(match[1]) * SIZE_UNITS[match[2]])
 
 
 def parse_domains(text: str) -> list[str]:
@@ -162,9 +180,10 @@ def device_of(name: str) -> torch.device:
 
 
 def options_from(args) -> Options:
-    if args.bab_batch_size < 1 or args.alpha_iterations < 0:
-        raise UserError("--bab-batch-size must be >= 1 and --alpha-iterations >= 0")
-    bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching)
+    if args.bab_batch_size < 1 or args.alpha_iterations < 0 or args.max_queue < 1:
+        raise UserError("--bab-batch-size and --max-queue must be >= 1 and --alpha-iterations >= 0")
+    bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching, max_queue=args.max_queue,
+                    max_memory=args.max_memory)
     mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
                         k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split)
     return Options(milp_backend=args.milp_backend, mnbab=mnbab)
@@ -306,7 +325,7 @@ def certify_run(args, domains: list[str], device: torch.device, shard: Shard | N
     if args.resume:
         results = ResultsFile.resume(path, meta, domains)
         done = results.completed() | (finished_samples(args.json, meta, domains) if shard is not None else set())
-        instances = [inst for inst in instances if inst.index not in done]
+        instances = remaining(instances, done)
     else:
         results = ResultsFile(path, meta, domains)
     return certify_instances(pipeline, instances, results,
@@ -320,7 +339,7 @@ def merge_run(args, domains: list[str], device: torch.device, required: bool) ->
                                                include_out=args.resume or args.merge), required)
 
 
-def run_setup(args, domains: list[str], device: torch.device) -> tuple[Model, list[Instance], dict]:
+def run_setup(args, domains: list[str], device: torch.device) -> tuple[Model, Sequence[Instance], dict]:
     """The model, the instances (samples or the VNN-LIB property) and the results' meta of a run."""
     timeout = args.timeout or DEFAULT_TIMEOUT
     onnx_model = load_onnx(args.model)

@@ -15,6 +15,7 @@ Subclasses add more multipliers of the final bound (beta, gamma) through
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,20 @@ from domains.deeppoly import DeepPoly
 def tightest(a: dict[int, Bounds], b: dict[int, Bounds]) -> dict[int, Bounds]:
     """Node-wise intersection of two sets of valid bounds."""
     return {i: (torch.maximum(a[i][0], b[i][0]), torch.minimum(a[i][1], b[i][1])) if i in b else a[i] for i in a}
+
+
+def stop_by(deadline: float, done: Callable[[Tensor], bool] | None = None) -> Callable[[Tensor], bool]:
+    """A ``done`` for :meth:`AlphaDeepPoly.optimize`: ``done(best)``, or the next step would end past the
+    deadline (judged by the duration of the last one), so the optimisation ends by the deadline, not after it."""
+    last: list[float] = []
+
+    def stop(best: Tensor) -> bool:
+        now = time.monotonic()
+        step = now - last[0] if last else 0.0
+        last[:] = [now]
+        return (done is not None and done(best)) or now + step > deadline
+
+    return stop
 
 
 class AlphaDeepPoly(DeepPoly):

@@ -15,10 +15,18 @@ projected Adam, children starting from their parent's values. Intermediate
 bounds are recomputed from the split layer on, with the root's intermediate
 slopes. Subproblems are processed in batches (one batch dimension), best-first
 from a queue kept as stacked tensors, depth-first once the queue is full.
+
+Memory: with ``max_memory`` the queue holds at most ``max_memory // row_bytes``
+subproblems (``row_bytes``: the bytes of one subproblem's tensors). Near that
+cap the search goes depth-first and pops only as many subproblems as their
+children may fill (at least one); if the children left open after bounding
+still do not fit, the clause stops with ``unknown`` (``stats["stopped"] =
+"memory"``) instead of growing.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from domains.alpha import AlphaDeepPoly
+from domains.alpha import AlphaDeepPoly, stop_by
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
 from domains.pgd import pgd_maximize
@@ -125,6 +133,15 @@ class Subproblems:
     def __len__(self) -> int:
         return self.lower.shape[0]
 
+    def row_bytes(self) -> int:
+        """Bytes of one subproblem: the element sizes of one row of every tensor, summed."""
+        tensors = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            for v in value.values() if isinstance(value, dict) else [value]:
+                tensors += list(v) if isinstance(v, tuple) else [v]
+        return sum(t[0].numel() * t.element_size() for t in tensors)
+
     def _map(self, fn: Callable[[Tensor], Tensor]) -> Subproblems:
         def apply(value):
             if isinstance(value, dict):
@@ -158,20 +175,32 @@ def _zip_map(fn: Callable[[list[Tensor]], Tensor], parts: list[Subproblems]) -> 
 
 
 class Pool:
-    """Open subproblems in preallocated storage: pushing and popping cost O(batch), not O(queue)."""
+    """Open subproblems in preallocated storage: pushing and popping cost O(batch), not O(queue).
 
-    def __init__(self, like: Subproblems, d: Tensor):
+    The storage doubles as needed but never beyond ``capacity`` subproblems.
+    """
+
+    def __init__(self, like: Subproblems, d: Tensor, capacity: int | None = None):
         self.d = d
+        self.capacity = capacity
         self.store = like.select(torch.zeros(0, dtype=torch.long, device=like.lower.device))
         self.valid = torch.zeros(0, dtype=torch.bool, device=like.lower.device)
 
     def __len__(self) -> int:
         return int(self.valid.sum())
 
+    def room(self) -> float:
+        """How many more subproblems fit."""
+        return math.inf if self.capacity is None else self.capacity - len(self)
+
     def push(self, sub: Subproblems) -> None:
+        if len(sub) > self.room():
+            raise ValueError(f"pool of capacity {self.capacity} holds {len(self)}: no room for {len(sub)}")
         free = torch.nonzero(~self.valid).flatten()
         if len(free) < len(sub):
             grow = max(len(sub) - len(free), len(self.valid))
+            if self.capacity is not None:
+                grow = min(grow, self.capacity - len(self.valid))
             self.store = Subproblems.cat([self.store, sub.select(torch.zeros(grow, dtype=torch.long,
                                                                                device=self.valid.device))])
             self.valid = torch.cat([self.valid, torch.zeros(grow, dtype=torch.bool, device=self.valid.device)])
@@ -199,6 +228,7 @@ class BaBConfig:
     lr_alpha: float = 0.1
     branching: str = "acs"  # 'acs' (MN-BaB's active-constraint score, BaBSR fallback) or 'babsr'
     max_queue: int = 20000  # beyond this many open subproblems, go depth-first
+    max_memory: int | None = None  # bytes the open subproblems may take (None: no cap); see the module doc
     max_depth: int = 1000  # a guard: fully split subproblems are solved exactly before this
     recompute_intermediate: bool = True  # refine the bounds of layers after the split (else only clamp)
     fsb_candidates: int = 1  # filtered smart branching: candidates tried per split (1 = take the best score)
@@ -255,7 +285,7 @@ class BranchAndBound:
             dp.compute_intermediate_bounds(known=sub.bounds, refine_from=refine_from)
         C, d = self.C.expand(len(sub), *self.C.shape[1:]), self.d.expand(len(sub), -1)
         row_lower = dp.optimize(C, iterations=iterations, lr=self.config.lr_alpha, intermediate=False,
-                                done=lambda best: bool(((best - d).max(1).values > 0).all()))
+                                done=stop_by(self.deadline, lambda best: bool(((best - d).max(1).values > 0).all())))
         with torch.no_grad():
             A_in, const = dp.backsubstitute(dp.output, C)  # records the coefficients for branching
             candidates = argmin_on_box(A_in, dp.lower, dp.upper)
@@ -364,13 +394,17 @@ class BranchAndBound:
         A subproblem is done when some row's lower bound exceeds its d (the
         clause is excluded there) or its region is empty.
         """
-        queue = Pool(root, self.d)
+        queue = Pool(root, self.d, self.capacity(root))
         queue.push(root)
         while len(queue):
             self.stats["max_queue"] = max(self.stats["max_queue"], len(queue))
             if time.monotonic() > self.deadline:
                 return BaBResult("timeout", stats=self.stats)
-            batch = queue.pop(self.config.batch_size, depth_first=len(queue) > self.config.max_queue)
+            # a popped subproblem frees its slot and adds at most two children: near the cap, pop only as many
+            # as the room left (at least one) and go depth-first
+            size = max(min(self.config.batch_size, queue.room()), 1)
+            depth_first = len(queue) > self.config.max_queue or size < self.config.batch_size
+            batch = queue.pop(size, depth_first=depth_first)
             if int(batch.depth.max()) >= self.config.max_depth:
                 return BaBResult("unknown", stats=self.stats)
             branchable = torch.cat(list(batch.score.values()), 1).amax(1) >= 0
@@ -393,9 +427,20 @@ class BranchAndBound:
             margin = (children.lower - self.d).max(1).values
             self.stats["pruned_infeasible"] += int((~feasible).sum())
             keep = feasible & (margin <= 0)
+            if int(keep.sum()) > queue.room():
+                self.stats["stopped"] = "memory"
+                return BaBResult("unknown", stats=self.stats)
             if bool(keep.any()):
                 queue.push(children.select(keep))
         return BaBResult("certified", stats=self.stats)
+
+    def capacity(self, root: Subproblems) -> int | None:
+        """The most open subproblems ``max_memory`` allows (None without a cap)."""
+        self.stats["row_bytes"] = root.row_bytes()
+        if self.config.max_memory is None:
+            return None
+        self.stats["queue_capacity"] = max(self.config.max_memory // self.stats["row_bytes"], 1)
+        return self.stats["queue_capacity"]
 
     def solve_leaves(self, leaves: Subproblems) -> BaBResult | None:
         """Fully split subproblems are LPs (no unstable ReLU left): solve them exactly.

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from domains.alpha import stop_by
 from domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
 from domains.deeppoly import DeepPoly
 from domains.input_bab import InputBaBConfig, InputBranchAndBound, clause_margins
@@ -115,7 +116,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
     if not decided(bound) and config.alpha_iterations > 0 and time.monotonic() < deadline:
         stats["stage"] = "alpha"
         bound = torch.maximum(bound, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=True,
-                                                 done=decided))
+                                                 done=stop_by(deadline, decided)))
     if not decided(bound) and config.multineuron and not input_split and time.monotonic() < deadline:
         stats["stage"] = "multineuron"
         now = time.monotonic()
@@ -124,7 +125,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
         if dp.gamma:
             bound = torch.maximum(bound, dp.optimize(C, config.gamma_iterations, config.lr_alpha,
-                                                     intermediate=False, done=decided))
+                                                     intermediate=False, done=stop_by(deadline, decided)))
     stats["root_time_s"] = time.monotonic() - start
     margins = clause_margins(bound, d, clause, n_clauses)[0]
     stats["root_margin"] = float(margins.min())
@@ -132,6 +133,8 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         return BaBResult("certified", stats=stats)
     if not config.bab:
         return BaBResult("unknown", stats=stats)
+    if time.monotonic() > deadline:
+        return BaBResult("timeout", stats=stats)
     stats["stage"] = "bab"
     if input_split:
         return _input_bab(net, dp, C, d, clause, margins, config.input_bab_config, is_counterexample, deadline,

@@ -17,10 +17,15 @@ import torch
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """torch.save to a temporary file, then os.replace: a crash never leaves a half-written checkpoint."""
+    """torch.save to a temporary file, then os.replace: a crash or interrupt during the write leaves the previous
+    checkpoint as it was (and an interrupted write removes its temporary file)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    try:
+        torch.save(state, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -8,6 +8,8 @@ box (margin loss, several restarts, first restart from the box centre).
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -29,8 +31,8 @@ def confirmed(batch: PropertyBatch, x: Tensor, oracle: Oracle | None, net: Netwo
 
 
 def pgd_attack(net: Network, batch: PropertyBatch, oracle: Oracle | None = None, steps: int = 40,
-               restarts: int = 3, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Search counterexamples for a batch of properties.
+               restarts: int = 3, seed: int = 0, deadline: float = math.inf) -> tuple[Tensor, Tensor]:
+    """Search counterexamples for a batch of properties, stopping early at ``deadline`` (time.monotonic()).
 
     Returns (found (N,) bool, x (N, *in)): where found, x is a counterexample
     confirmed by the oracle (or the IR when no oracle is given).
@@ -43,5 +45,6 @@ def pgd_attack(net: Network, batch: PropertyBatch, oracle: Oracle | None = None,
 
     with torch.no_grad():
         x, _ = pgd_maximize(loss, batch.lower, batch.upper, steps=steps, step_size=0.1, restarts=restarts,
-                            x0=center, generator=generator, stop=lambda best: best >= 0)
+                            x0=center, generator=generator,
+                            stop=lambda best: (best >= 0) | (time.monotonic() > deadline))
         return confirmed(batch, x, oracle, net), x

@@ -92,7 +92,8 @@ class Pipeline:
         open_props = [i for i in range(len(batch)) if status[owner[i]] is None]
         if self.attack and open_props:
             start = time.perf_counter()
-            found, x = pgd_attack(self.net, batch[open_props], self.oracle, seed=self.seed)
+            found, x = pgd_attack(self.net, batch[open_props], self.oracle, seed=self.seed,
+                                  deadline=time.monotonic() + self.timeout)  # within every instance's budget
             for i, hit, point in zip(open_props, found.tolist(), x):
                 if hit and status[owner[i]] is None:
                     status[owner[i]], example[owner[i]] = "falsified", point.cpu()
@@ -146,8 +147,11 @@ class Pipeline:
             k = owner[group[0]].item()
             if per_property and status[k] == "falsified":
                 continue  # another disjunct already produced a counterexample
-            start = time.perf_counter()
             deadline = time.monotonic() + self.timeout - (spent[k] if per_property else 0.0)
+            if per_property and deadline <= time.monotonic():  # the instance's other disjuncts took its time
+                verdicts[group[0]] = registry.Verdict("timeout")
+                continue
+            start = time.perf_counter()
             for i, verdict in zip(group, registry.run(domain, self.net, batch[group], deadline, self.options)):
                 verdicts[i] = verdict
                 if verdict.status == "falsified" and self._confirm(verdict, batch[[i]]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,15 +76,51 @@ def normalization(shape: tuple[int, ...], mean, std) -> ElementwiseAffine:
     return ElementwiseAffine(1.0 / std, -mean / std)
 
 
+class LinfInstances(Sequence[Instance]):
+    """One robustness instance per sample, built when it is accessed: x (N, *image_shape) in [clip_min,
+    clip_max], labels y (N,). A long run holds the images, not N boxes.
+
+    ``keep`` (K,) selects the samples (positions in x); an instance's index is ``first_index`` + its position.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, eps: float, n_classes: int, clip_min: float = 0.0,
+                 clip_max: float = 1.0, first_index: int = 0, keep: Tensor | None = None):
+        self.x, self.y, self.eps, self.n_classes = x, y, eps, n_classes
+        self.clip, self.first_index = (clip_min, clip_max), first_index
+        self.keep = torch.arange(len(x)) if keep is None else keep
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._select(self.keep[i])
+        k = int(self.keep[i])
+        lower, upper = linf_ball(self.x[k], self.eps, *self.clip)
+        label = int(self.y[k])
+        return Instance(self.first_index + k, [Property(lower, upper, robustness_spec(label, self.n_classes))],
+                        label=label, clean=self.x[k])
+
+    def without(self, done: set[int]) -> LinfInstances:
+        """The instances whose index is not in ``done`` (still lazy)."""
+        indices = (self.keep + self.first_index).tolist()
+        return self._select(self.keep[[i not in done for i in indices]])
+
+    def _select(self, keep: Tensor) -> LinfInstances:
+        return LinfInstances(self.x, self.y, self.eps, self.n_classes, *self.clip, self.first_index, keep)
+
+
 def linf_instances(x: Tensor, y: Tensor, eps: float, n_classes: int, clip_min: float = 0.0,
-                   clip_max: float = 1.0, first_index: int = 0) -> list[Instance]:
+                   clip_max: float = 1.0, first_index: int = 0) -> LinfInstances:
     """One robustness instance per sample: x (N, *image_shape) in [clip_min, clip_max], labels y (N,)."""
-    instances = []
-    for k, (xi, label) in enumerate(zip(x, y.tolist())):
-        lower, upper = linf_ball(xi, eps, clip_min, clip_max)
-        instances.append(Instance(first_index + k, [Property(lower, upper, robustness_spec(label, n_classes))],
-                                  label=label, clean=xi))
-    return instances
+    return LinfInstances(x, y, eps, n_classes, clip_min, clip_max, first_index)
+
+
+def remaining(instances: Sequence[Instance], done: set[int]) -> Sequence[Instance]:
+    """The instances whose index is not in ``done`` (a lazy sequence stays lazy)."""
+    if isinstance(instances, LinfInstances):
+        return instances.without(done)
+    return [inst for inst in instances if inst.index not in done]
 
 
 def vnnlib_instance(props: list[Property], input_shape: tuple[int, ...], n_outputs: int) -> Instance:

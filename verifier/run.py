@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tqdm import tqdm
 
 from verifier.certify import Instance, Pipeline
 from verifier.results import ResultsFile
 
 
-def certify_instances(pipeline: Pipeline, instances: list[Instance], results: ResultsFile,
+def certify_instances(pipeline: Pipeline, instances: Sequence[Instance], results: ResultsFile,
                       progress: bool = True) -> ResultsFile:
     """Runs ``pipeline`` on ``instances``, adding each chunk's rows to ``results`` as it finishes.
 

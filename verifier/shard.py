@@ -48,9 +48,9 @@ class Shard:
             raise SpecError(f"invalid --shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
         return cls(int(match[1]), int(match[2]))
 
-    def take(self, items: Sequence[T]) -> list[T]:
-        """This shard's items: positions index, index + count, ..."""
-        return list(items[self.index::self.count])
+    def take(self, items: Sequence[T]) -> Sequence[T]:
+        """This shard's items: positions index, index + count, ... (a lazy sequence stays lazy)."""
+        return items[self.index::self.count]
 
     def path(self, out: str | os.PathLike) -> Path:
         out = Path(out)

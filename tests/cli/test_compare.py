@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 from cli.certify import demo_files
 from cli.compare import main
+from tests.interrupt import interrupt_midway
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +71,31 @@ def test_model_given_twice_is_refused(two_models, tmp_path, capsys):
     models, inputs = two_models
     code = main([str(models[0]), str(models[0]), "--inputs", str(inputs), "--eps", "0.1", "--out", str(tmp_path)])
     assert code == 2 and "twice" in capsys.readouterr().err
+
+
+def _without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("time_s", "mean_time_s")} for r in rows]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_compare_resumes_to_the_uninterrupted_results(two_models, tmp_path, capsys, sig):
+    """Killed midway, compare exits 130 keeping finished samples; --resume ends with the rows of a straight run."""
+    model, inputs = two_models[0][0], two_models[1]
+    args = [model, "--inputs", inputs, "--eps", "0.1,1/8", "--domain", "box", "--no-attack", "--num", "30",
+            "--batch-size", "1", "--quiet", "--threads", "1"]
+    straight, out = tmp_path / "straight", tmp_path / "interrupted"
+    assert main([str(a) for a in [*args, "--out", straight]]) == 0
+
+    def some_done() -> bool:
+        return any(len(json.loads(p.read_text())["results"]) >= 4 for p in (out / "runs").glob("*.json"))
+
+    code, err = interrupt_midway(["cli.compare", *args, "--out", out], some_done, sig)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not (out / "results.json").exists()
+    assert main([str(a) for a in [*args, "--out", out, "--resume"]]) == 0
+    capsys.readouterr()
+    expected, resumed = (json.loads((d / "results.json").read_text()) for d in (straight, out))
+    assert _without_times(resumed["rows"]) == _without_times(expected["rows"])
+    for run, reference in zip(resumed["runs"], expected["runs"]):
+        rows, reference_rows = (json.loads(Path(r["results_file"]).read_text())["results"] for r in (run, reference))
+        assert sorted(map(str, _without_times(rows))) == sorted(map(str, _without_times(reference_rows)))

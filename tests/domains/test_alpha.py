@@ -1,9 +1,11 @@
 """alpha-CROWN: sound for every slope choice, never worse than DeepPoly after optimisation."""
 
+import time
+
 import pytest
 import torch
 
-from domains.alpha import AlphaDeepPoly
+from domains.alpha import AlphaDeepPoly, stop_by
 from domains.deeppoly import DeepPoly
 from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import concrete_minimum
@@ -72,3 +74,24 @@ def test_adam_matches_torch_optim():
             opt.step()
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
+
+
+def test_stop_by_ends_before_a_step_would_pass_the_deadline():
+    best = torch.zeros(1, 1)
+    now = time.monotonic()
+    stop = stop_by(now + 0.2)
+    assert not stop(best)  # the first step: nothing known about its length
+    time.sleep(0.15)
+    assert stop(best)  # a second step of 0.15 s would end past the deadline
+    assert stop_by(now + 60, done=lambda b: bool((b >= 0).all()))(best)  # done still ends it
+    assert stop_by(now - 1)(best)  # a deadline already passed
+
+
+def test_optimize_honours_a_deadline():
+    _, net = random_network(0, "conv", detach=True)
+    lower, upper, C = random_region(net, seed=0, eps=0.1)
+    start = time.monotonic()
+    dp = AlphaDeepPoly(net, lower, upper)
+    bound = dp.optimize(C, iterations=10**6, done=stop_by(start + 1.0))
+    assert time.monotonic() - start < 1.1
+    assert (bound >= DeepPoly(net, lower, upper).bound(C) - 1e-6).all()  # still a valid, improved bound

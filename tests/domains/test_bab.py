@@ -92,3 +92,21 @@ def test_layer_constraints_spread_matches_dense_sum():
     gamma = torch.tensor([[[1.0, 10.0]]])
     assert torch.allclose(cons.spread(gamma, cons.a, (3,)), torch.tensor([[[1.0, 30.0, 42.0]]]))
     assert torch.allclose(cons.per_neuron(gamma, (3,)), torch.tensor([[[2.0, 30.0, 62.5]]]))
+
+
+def test_row_bytes_sums_one_row_of_every_tensor():
+    sub = _subproblems([-1.0, -2.0], [0, 1])
+    # bounds 2 x 3 floats, split 3, alpha 3, beta 3 floats, lower 1 float, depth 1 long
+    assert sub.row_bytes() == (6 + 3 + 3 + 3 + 1) * 4 + 8
+
+
+def test_pool_never_grows_beyond_its_capacity():
+    pool = Pool(_subproblems([0.0], [0]), torch.zeros(1, 1), capacity=5)
+    pool.push(_subproblems([-1.0, -2.0, -3.0], [0, 0, 0]))
+    pool.push(_subproblems([-4.0, -5.0], [1, 1]))
+    assert len(pool) == 5 and pool.room() == 0 and len(pool.valid) == 5  # storage capped, not doubled to 6
+    with pytest.raises(ValueError, match="no room"):
+        pool.push(_subproblems([-6.0], [2]))
+    pool.pop(2, depth_first=True)
+    pool.push(_subproblems([-7.0, -8.0], [2, 2]))
+    assert len(pool) == 5 and len(pool.valid) == 5

@@ -9,9 +9,10 @@ from domains import box
 from domains.alpha import AlphaDeepPoly
 from domains.bab import BaBConfig
 from domains.deeppoly import DeepPoly
+from domains.from_torch import network_from_torch
 from domains.milp import milp_verify
 from domains.mnbab import MNBaBConfig, mnbab_verify
-from tests.random_nets import random_network
+from tests.random_nets import fc_model, random_network
 from verifier.spec import robustness_spec
 
 KINDS = ["fc", "conv", "residual"]
@@ -110,3 +111,36 @@ def test_timeout_is_reported_not_guessed():
     assert result.status in ("timeout", "falsified", "certified")
     if result.status == "certified":  # decided at the root before the clock was checked: must be right
         assert milp_verify(net, lower, upper, spec.C, spec.d, spec.clause).status == "certified"
+
+
+def _wide_fc_property(seed, eps):
+    """A robustness property of a 24x24 ReLU net on 8 inputs whose branch-and-bound needs a few subproblems."""
+    net = network_from_torch(fc_model(seed, widths=(24, 24), n_in=8), (8,)).detach()
+    x = torch.rand(8, generator=torch.Generator().manual_seed(1000 + seed))
+    return net, x - eps, x + eps, robustness_spec(int(net(x[None]).argmax()), 3)
+
+
+def test_memory_cap_bounds_the_queue_and_keeps_verdicts_exact():
+    """With room for a few subproblems BaB goes depth-first and still certifies (checked by MILP); with
+    room for one it stops with unknown ('memory') instead of growing."""
+    capped_below_need, stopped = 0, 0
+    for seed, eps in [(1, 0.07), (3, 0.2), (4, 0.2), (3, 0.16)]:
+        net, lower, upper, spec = _wide_fc_property(seed, eps)
+        config = MNBaBConfig(alpha_iterations=0, multineuron=False, bab_config=BaBConfig(batch_size=4, iterations=3))
+        free = _mnbab(net, lower, upper, spec, config)
+        assert free.status == "certified"
+        row_bytes = free.stats["bab"][0]["row_bytes"]
+        for capacity in (1, 3):
+            config.bab_config.max_memory = capacity * row_bytes + row_bytes // 2
+            capped = _mnbab(net, lower, upper, spec, config)
+            runs = capped.stats["bab"]
+            assert all(run["queue_capacity"] == capacity and run["max_queue"] <= capacity for run in runs)
+            if capped.status == "certified":
+                assert milp_verify(net, lower, upper, spec.C, spec.d, spec.clause).status == "certified"
+                capped_below_need += max(run["max_queue"] for run in free.stats["bab"]) > capacity
+            else:
+                assert capped.status == "unknown" and runs[-1]["stopped"] == "memory"
+                stopped += 1
+        assert capped.status == "certified"  # three slots suffice for these properties
+    assert capped_below_need > 0  # the cap did bind: the uncapped search held more open subproblems
+    assert stopped > 0  # and a single slot is too few

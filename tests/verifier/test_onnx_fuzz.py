@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -67,18 +69,27 @@ MUTATION = st.tuples(st.sampled_from(["drop_node", "op_type", "attribute", "rena
                      st.integers(0, 1000), st.integers(0, 1000))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(which=st.integers(0, 10), mutations=st.lists(MUTATION, min_size=1, max_size=3))
-def test_mutated_models_import_or_fail_cleanly(tmp_path, which, mutations):
+# the fuzz target's arguments (shared with benchmarks/fuzz.py, which runs it with a long budget)
+STRATEGIES = {"which": st.integers(0, 10), "mutations": st.lists(MUTATION, min_size=1, max_size=3)}
+
+
+def check_mutant(folder: Path, which: int, mutations) -> None:
+    """A mutant of a real model imports (checked against onnxruntime) or raises a one-line OnnxImportError."""
     model = onnx.load_from_string(MODELS[which % len(MODELS)])
     for kind, a, b in mutations:
         mutate(model, kind, a, b)
-    path = tmp_path / "mutant.onnx"
+    path = folder / "mutant.onnx"
     path.write_bytes(model.SerializeToString())
     try:
-        load_onnx(path)  # a model that imports has been checked against onnxruntime
+        load_onnx(path)
     except OnnxImportError as e:
         assert str(e).strip() and "\n" not in str(e).strip(), repr(e)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**STRATEGIES)
+def test_mutated_models_import_or_fail_cleanly(tmp_path, which, mutations):
+    check_mutant(tmp_path, which, mutations)
 
 
 @pytest.mark.parametrize("data", [b"", b"not an onnx file", b"\x08\x07\x12\x00" * 10])

@@ -385,15 +385,29 @@ def mutate(text: str, mutations) -> str:
     return text
 
 
-@pytest.fixture(scope="module")
-def small_real_file() -> str:
+def seed_file() -> str:
+    """The real file the fuzzer mutates: ACAS Xu property 6 (two input boxes, a disjunctive output spec)."""
     return read_vnnlib(benchmark_files("acasxu", "prop_6.vnnlib")[0])
 
 
+@pytest.fixture(scope="module")
+def small_real_file() -> str:
+    return seed_file()
+
+
+# the fuzz target's arguments (shared with benchmarks/fuzz.py, which runs it with a long budget)
+STRATEGIES = {"mutations": st.lists(MUTATION, min_size=1, max_size=6)}
+
+
 @settings(max_examples=200, deadline=None, database=None)
-@given(mutations=st.lists(MUTATION, min_size=1, max_size=6))
+@given(**STRATEGIES)
 def test_mutated_files_parse_or_raise_spec_error(small_real_file, mutations):
-    text = "\n" + mutate(small_real_file, mutations)  # the newline keeps it text, never a path
+    check_mutant(small_real_file, mutations)
+
+
+def check_mutant(original: str, mutations) -> None:
+    """A mutated VNN-LIB text parses to finite, non-empty boxes and finite rows, or raises a one-line SpecError."""
+    text = "\n" + mutate(original, mutations)  # the newline keeps it text, never a path
     try:
         props = parse_vnnlib(text)
     except SpecError as e:
