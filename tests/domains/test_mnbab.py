@@ -126,7 +126,8 @@ def test_memory_cap_bounds_the_queue_and_keeps_verdicts_exact():
     capped_below_need, stopped = 0, 0
     for seed, eps in [(1, 0.07), (3, 0.2), (4, 0.2), (3, 0.16)]:
         net, lower, upper, spec = _wide_fc_property(seed, eps)
-        config = MNBaBConfig(alpha_iterations=0, multineuron=False, bab_config=BaBConfig(batch_size=4, iterations=3))
+        config = MNBaBConfig(alpha_iterations=0, multineuron=False, bab_config=BaBConfig(batch_size=4, iterations=3),
+                             split="relu")
         free = _mnbab(net, lower, upper, spec, config)
         assert free.status == "certified"
         row_bytes = free.stats["bab"][0]["row_bytes"]
