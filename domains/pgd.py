@@ -16,12 +16,14 @@ def pgd_maximize(loss_fn: Callable[[Tensor], Tensor], lower: Tensor, upper: Tens
                  step_size: float = 0.25, restarts: int = 1, x0: Tensor | None = None,
                  decay: tuple[tuple[float, float], ...] = ((0.5, 0.1), (0.75, 0.1)),
                  generator: torch.Generator | None = None,
-                 stop: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                 stop: Callable[[Tensor], Tensor] | None = None,
+                 init: Callable[[], Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Maximise ``loss_fn`` (N, *s) -> (N,) over the box [lower, upper] (N, *s).
 
     step_size is relative to the box width (``step_size * (upper - lower)``);
     ``decay`` lists (fraction of steps, factor) milestones. The first restart
-    starts at ``x0`` when given, the others uniformly at random. ``stop(loss)``
+    starts at ``x0`` when given, the others at ``init()`` (N, *s) when given,
+    else uniformly at random. ``stop(loss)``
     (N,) -> bool marks samples whose search can end (e.g. a counterexample was
     found); the run ends when all have stopped. Returns the best point (N, *s)
     and its loss (N,), computed without gradients on the caller's graph.
@@ -39,6 +41,8 @@ def pgd_maximize(loss_fn: Callable[[Tensor], Tensor], lower: Tensor, upper: Tens
     for restart in range(restarts):
         if restart == 0 and x0 is not None:
             x = x0.detach().clamp(lower, upper)
+        elif init is not None:
+            x = init().detach().clamp(lower, upper)
         else:
             x = lower + width * torch.rand(lower.shape, generator=generator, device=lower.device, dtype=lower.dtype)
         size = step_size
