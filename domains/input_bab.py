@@ -195,8 +195,10 @@ class InputBranchAndBound:
         todo = Boxes(self.lower, self.upper, torch.full_like(self.d, -torch.inf),
                      torch.zeros(1, dtype=torch.long, device=self.d.device))
         queue = BoxQueue()
+        batch_time = 0.0  # of the last batch: the next one is not started if it would end past the deadline
         while True:
-            if time.monotonic() > self.deadline:
+            started = time.monotonic()
+            if started + batch_time > self.deadline:
                 return BaBResult("timeout", stats=self.stats)
             bounded = self.bound(todo)
             self.stats["boxes"] += len(todo)
@@ -219,6 +221,7 @@ class InputBranchAndBound:
             self.stats["max_depth"] = max(self.stats["max_depth"], depth)
             if depth > self.config.max_depth:
                 return BaBResult("unknown", stats=self.stats)
+            batch_time = time.monotonic() - started
 
     def probe(self, boxes: Boxes, bounded: BoundedBoxes) -> tuple[Tensor | None, Tensor]:
         """Concrete points of open sub-boxes: centres, bound minimisers, face samples, a short PGD from the best.

