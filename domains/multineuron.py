@@ -141,11 +141,14 @@ def _group_hull(D: np.ndarray, u: np.ndarray, systems) -> tuple[np.ndarray, np.n
         # the hull of a subset is not an outer approximation, but every facet is shifted below to hold
         # for all vertices, so the constraints stay valid (only less tight)
         sample = lifted[np.random.default_rng(0).choice(len(lifted), MAX_HULL_POINTS, replace=False)]
-    normals = _hull_normals(sample)
-    normals = normals[np.abs(normals[:, k:]).max(1) > 1e-9]
-    normals = normals / np.abs(normals).max(1, keepdims=True)
-    # qhull triangulates its output: a facet with more than 2k vertices comes once per simplex
-    normals = np.unique(np.round(normals, 6), axis=0)
+    facets = _hull_facets(sample)
+    if facets is None:
+        return np.zeros((0, k)), np.zeros((0, k)), np.zeros(0)
+    normals, offsets = facets
+    keep = np.abs(normals[:, k:]).max(1) > 1e-9
+    normals, offsets = normals[keep], offsets[keep]
+    norm = np.abs(normals).max(1, keepdims=True)
+    normals, offsets = normals / norm, offsets / norm[:, 0]
     # validation: the worst lifted vertex decides the constant, plus a safety margin
     offsets = -(lifted @ normals.T).max(0) - SAFETY * scale
     best = _deepest_cuts(normals, offsets, vertices)
@@ -164,33 +167,37 @@ def _deepest_cuts(normals: np.ndarray, offsets: np.ndarray, vertices: np.ndarray
     unstable = (lo < 0) & (hi > 0)
     chord = np.where(unstable, hi * (vertices - lo) / np.where(unstable, hi - lo, 1.0), np.maximum(vertices, 0))
     a, b = normals[:, :k], normals[:, k:]
-    relu = np.maximum(vertices, 0)
-    # per neuron, the y in [relu(x), chord] maximising b_i y_i: the chord where b_i > 0
-    depth = (vertices @ a.T + relu @ b.T + (chord - relu) @ np.maximum(b, 0).T).max(0) + offsets  # (H,)
+    # per neuron, the y in [relu(x), chord] maximising b_i y_i
+    y_hi = np.maximum(vertices, 0)[None] + (b[:, None, :] > 0) * (chord - np.maximum(vertices, 0))[None]
+    depth = (np.einsum("hk,vk->hv", a, vertices) + np.einsum("hk,hvk->hv", b, y_hi) + offsets[:, None]).max(1)
     order = np.argsort(-depth)[:MAX_PER_GROUP]
     return order[depth[order] > 1e-6 * max(1.0, np.abs(vertices).max())]
 
 
-def _hull_normals(points: np.ndarray) -> np.ndarray:
-    """Outward facet normals (F, dim) of the hull of points, within their affine hull.
+def _hull_facets(points: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Facet normals and offsets (n . p + e <= 0 inside) of the hull of points, within their affine hull.
 
     Points spanning a lower-dimensional affine subspace are hulled there; the
-    facets are lifted back and the subspace's normals added (both signs). The
-    offsets are left to the caller's validation against all points.
+    facets are lifted back and the subspace's equations added (both signs).
     """
     center = points.mean(0)
     _, sing, vt = np.linalg.svd(points - center, full_matrices=True)
     rank = int((sing > 1e-9 * max(1.0, sing[0] if len(sing) else 1.0)).sum())
-    basis, normal_space = vt[:rank], vt[rank:]
     if rank == 0:
-        facets = np.zeros((0, points.shape[1]))
-    elif rank == 1:
-        facets = np.vstack([basis[0], -basis[0]])
+        return None
+    basis, normal_space = vt[:rank], vt[rank:]
+    equations_n = np.vstack([normal_space, -normal_space])
+    equations_e = -(equations_n @ center)
+    if rank == 1:
+        t = (points - center) @ basis[0]
+        normals = np.vstack([basis[0], -basis[0]])
+        offsets = np.array([-(t.max()) - basis[0] @ center, t.min() + basis[0] @ center])
     else:
         local = (points - center) @ basis.T
         try:
             hull = ConvexHull(local)
         except QhullError:
             hull = ConvexHull(local, qhull_options="QJ")
-        facets = hull.equations[:, :-1] @ basis
-    return np.vstack([facets, normal_space, -normal_space])
+        normals = hull.equations[:, :-1] @ basis
+        offsets = hull.equations[:, -1] - normals @ center
+    return np.vstack([normals, equations_n]), np.concatenate([offsets, equations_e])
