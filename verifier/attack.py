@@ -38,19 +38,15 @@ def output_diversified_start(net: Network, lower: Tensor, upper: Tensor, generat
                              steps: int = 2, step_size: float = 0.5) -> Tensor:
     """A start in the box [lower, upper] (N, *in) spread over the output space rather than the input space.
 
-    From a uniform random point, ``steps`` sign-gradient steps (of ``step_size``
-    times the box width) maximise ``w . f(x)`` for a random direction w in
+    From a uniform random point, ``steps`` PGD steps (of ``step_size`` times
+    the box width, the best point kept) maximise ``w . f(x)`` for a random direction w in
     [-1, 1]^n_out per sample (output-diversified initialisation, ODI).
     """
-    width = upper - lower
-    x = lower + width * torch.rand(lower.shape, generator=generator, device=lower.device, dtype=lower.dtype)
+    x = lower + (upper - lower) * torch.rand(lower.shape, generator=generator, device=lower.device, dtype=lower.dtype)
     w = torch.rand((len(lower), *net.output_shape), generator=generator, device=lower.device, dtype=lower.dtype)
     w = 2 * w - 1
-    for _ in range(steps):
-        x.requires_grad_(True)
-        with torch.enable_grad():
-            grad, = torch.autograd.grad((net(x) * w).sum(), x)
-        x = torch.minimum(torch.maximum(x.detach() + step_size * width * grad.sign(), lower), upper)
+    x, _ = pgd_maximize(lambda z: (net(z) * w).flatten(1).sum(1), lower, upper, steps=steps, step_size=step_size,
+                        x0=x, decay=())
     return x
 
 
