@@ -118,7 +118,10 @@ class AlphaDeepPoly(DeepPoly):
                     best_bounds = tightest(best_bounds, {i: (lo.detach(), hi.detach())
                                                          for i, (lo, hi) in self.bounds.items()})
                 optimizer.zero_grad()
-                (-lb.sum()).backward()
+                loss = -lb.sum()
+                if intermediate:
+                    loss = loss + self.unstable_width()
+                loss.backward()
                 optimizer.step()
                 with torch.no_grad():
                     self.project()
@@ -128,6 +131,16 @@ class AlphaDeepPoly(DeepPoly):
         if intermediate:
             self.compute_intermediate_bounds(known=best_bounds, refine_from=len(self.net.nodes))
         return torch.maximum(best, self.bound(C).detach())
+
+    def unstable_width(self) -> Tensor:
+        """Sum of the back-substituted widths of the refined neurons still unstable, before intersecting
+        with interval bounds: the gradient reaches every row's slopes, also where the interval is tighter."""
+        total = 0.0
+        for node, (lo, hi) in self.refined.items():
+            idx = self.refine_idx[node].expand(lo.shape[0], -1)
+            cur_lo, cur_hi = (t.flatten(1).gather(1, idx) for t in self.bounds[node])
+            total = total + ((hi - lo) * ((cur_lo < 0) & (cur_hi > 0))).sum()
+        return total
 
     def _parameters(self, intermediate: bool) -> list[Tensor]:
         final = list(self.final_parameters().values())

@@ -85,6 +85,7 @@ class DeepPoly:
         self.bounds: dict[int, Bounds] = {0: (lower, upper)}
         self.upper_lines: dict[int, tuple[Tensor, Tensor]] = {}
         self.refine_idx: dict[int, Tensor] = {}  # neurons bounded by back-substitution, fixed once chosen
+        self.refined: dict[int, Bounds] = {}  # their back-substituted bounds before any intersection (N, K)
         self.pre_activations = {net.nodes[r].inputs[0] for r in net.relu_nodes} - exact_by_intervals(net)
         self.chunk_elements = 1 << 20  # memory budget of one back-substitution (coefficient entries)
         self.output = len(net.nodes) - 1
@@ -135,8 +136,9 @@ class DeepPoly:
             bound = self.linear_lower(node, torch.cat([eye, -eye], 1).reshape(n, -1, *lo.shape[1:]))
             lowers.append(bound[:, :part.shape[1]])
             uppers.append(-bound[:, part.shape[1]:])
-        new_lo = lo.flatten(1).scatter(1, idx, torch.maximum(torch.cat(lowers, 1), lo.flatten(1).gather(1, idx)))
-        new_hi = hi.flatten(1).scatter(1, idx, torch.minimum(torch.cat(uppers, 1), hi.flatten(1).gather(1, idx)))
+        self.refined[node] = (torch.cat(lowers, 1), torch.cat(uppers, 1))
+        new_lo = lo.flatten(1).scatter(1, idx, torch.maximum(self.refined[node][0], lo.flatten(1).gather(1, idx)))
+        new_hi = hi.flatten(1).scatter(1, idx, torch.minimum(self.refined[node][1], hi.flatten(1).gather(1, idx)))
         return new_lo.view_as(lo), new_hi.view_as(hi)
 
     def rows_chunkable(self, node: int) -> bool:
