@@ -127,8 +127,8 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="samples bounded together by Box / DeepPoly")
     mnbab = p.add_argument_group("MN-BaB")
     mnbab.add_argument("--bab-batch-size", type=int, default=64, help="subproblems branched together")
-    mnbab.add_argument("--branching", choices=("acs", "babsr"), default="acs",
-                       help="active-constraint score (MN-BaB) or BaBSR")
+    mnbab.add_argument("--branching", choices=("acs", "babsr"), default="babsr",
+                       help="BaBSR or MN-BaB's active-constraint score")
     mnbab.add_argument("--bab-split", choices=("auto", "relu", "input"), default="auto",
                        help="branch on ReLUs or on the input box; auto: input for inputs of at most "
                             f"{INPUT_SPLIT_MAX_DIMS} dimensions (e.g. ACAS Xu), else ReLUs")
