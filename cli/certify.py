@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from cli.errors import OneLineParser, UserError, run_main
 from domains.bab import BaBConfig
+from domains.input_bab import InputBaBConfig
 from domains.mnbab import INPUT_SPLIT_MAX_DIMS, MNBaBConfig
 from training import distributed
 from verifier.certify import Instance, Pipeline
@@ -185,7 +186,8 @@ def options_from(args) -> Options:
     bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching, max_queue=args.max_queue,
                     max_memory=args.max_memory)
     mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
-                        k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split)
+                        k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split,
+                        input_bab_config=InputBaBConfig(max_memory=args.max_memory))
     return Options(milp_backend=args.milp_backend, mnbab=mnbab)
 
 

@@ -26,10 +26,9 @@ still do not fit, the clause stops with ``unknown`` (``stats["stopped"] =
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -38,6 +37,7 @@ from domains.alpha import AlphaDeepPoly, stop_by
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
 from domains.pgd import pgd_maximize
+from domains.pool import Batch, Pool
 
 
 @dataclass
@@ -114,7 +114,7 @@ class SplitDeepPoly(AlphaDeepPoly):
 
 
 @dataclass
-class Subproblems:
+class Subproblems(Batch):
     """A batch of subproblems as stacked tensors; every field has the batch as its first dim.
 
     bounds: pre-activation node -> (lo, hi) (N, *s); split, alpha, beta, gamma: relu node ->
@@ -129,96 +129,6 @@ class Subproblems:
     lower: Tensor
     depth: Tensor
     score: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) branching scores
-
-    def __len__(self) -> int:
-        return self.lower.shape[0]
-
-    def row_bytes(self) -> int:
-        """Bytes of one subproblem: the element sizes of one row of every tensor, summed."""
-        tensors = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            for v in value.values() if isinstance(value, dict) else [value]:
-                tensors += list(v) if isinstance(v, tuple) else [v]
-        return sum(t[0].numel() * t.element_size() for t in tensors)
-
-    def _map(self, fn: Callable[[Tensor], Tensor]) -> Subproblems:
-        def apply(value):
-            if isinstance(value, dict):
-                return {k: (fn(v[0]), fn(v[1])) if isinstance(v, tuple) else fn(v) for k, v in value.items()}
-            return fn(value)
-
-        return Subproblems(**{f.name: apply(getattr(self, f.name)) for f in fields(self)})
-
-    def select(self, index: Tensor) -> Subproblems:
-        return self._map(lambda t: t[index])
-
-    def repeat(self, times: int) -> Subproblems:
-        return self._map(lambda t: t.repeat(times, *[1] * (t.dim() - 1)))
-
-    @staticmethod
-    def cat(parts: list[Subproblems]) -> Subproblems:
-        return _zip_map(torch.cat, parts)
-
-
-def _zip_map(fn: Callable[[list[Tensor]], Tensor], parts: list[Subproblems]) -> Subproblems:
-    """Combine corresponding tensors of several Subproblems with ``fn``."""
-    out = {}
-    for f in fields(Subproblems):
-        values = [getattr(p, f.name) for p in parts]
-        if isinstance(values[0], dict):
-            out[f.name] = {k: (fn([v[k][0] for v in values]), fn([v[k][1] for v in values]))
-                           if isinstance(values[0][k], tuple) else fn([v[k] for v in values]) for k in values[0]}
-        else:
-            out[f.name] = fn(values)
-    return Subproblems(**out)
-
-
-class Pool:
-    """Open subproblems in preallocated storage: pushing and popping cost O(batch), not O(queue).
-
-    The storage doubles as needed but never beyond ``capacity`` subproblems.
-    """
-
-    def __init__(self, like: Subproblems, d: Tensor, capacity: int | None = None):
-        self.d = d
-        self.capacity = capacity
-        self.store = like.select(torch.zeros(0, dtype=torch.long, device=like.lower.device))
-        self.valid = torch.zeros(0, dtype=torch.bool, device=like.lower.device)
-
-    def __len__(self) -> int:
-        return int(self.valid.sum())
-
-    def room(self) -> float:
-        """How many more subproblems fit."""
-        return math.inf if self.capacity is None else self.capacity - len(self)
-
-    def push(self, sub: Subproblems) -> None:
-        if len(sub) > self.room():
-            raise ValueError(f"pool of capacity {self.capacity} holds {len(self)}: no room for {len(sub)}")
-        free = torch.nonzero(~self.valid).flatten()
-        if len(free) < len(sub):
-            grow = max(len(sub) - len(free), len(self.valid))
-            if self.capacity is not None:
-                grow = min(grow, self.capacity - len(self.valid))
-            self.store = Subproblems.cat([self.store, sub.select(torch.zeros(grow, dtype=torch.long,
-                                                                               device=self.valid.device))])
-            self.valid = torch.cat([self.valid, torch.zeros(grow, dtype=torch.bool, device=self.valid.device)])
-            free = torch.nonzero(~self.valid).flatten()
-        slots = free[:len(sub)]
-        _zip_map(lambda ts: ts[0].index_copy_(0, slots, ts[1]), [self.store, sub])
-        self.valid[slots] = True
-
-    def pop(self, k: int, depth_first: bool) -> Subproblems:
-        """The k open subproblems with the lowest bound (or the deepest ones)."""
-        if depth_first:
-            key = -self.store.depth.float()
-        else:
-            key = (self.store.lower - self.d).max(1).values
-        key = torch.where(self.valid, key, torch.full_like(key, torch.inf))
-        idx = torch.topk(key, min(k, len(self)), largest=False).indices
-        self.valid[idx] = False
-        return self.store.select(idx)
 
 
 @dataclass
@@ -397,7 +307,7 @@ class BranchAndBound:
         A subproblem is done when some row's lower bound exceeds its d (the
         clause is excluded there) or its region is empty.
         """
-        queue = Pool(root, self.d, self.capacity(root))
+        queue = Pool(root, lambda sub: (sub.lower - self.d).max(1).values, self.capacity(root))
         queue.push(root)
         while len(queue):
             self.stats["max_queue"] = max(self.stats["max_queue"], len(queue))

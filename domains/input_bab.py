@@ -23,7 +23,8 @@ every clause has a row whose lower bound exceeds its d. Every other sub-box is
   with ``branching='width'``, along its widest dimension.
 
 Sub-boxes are processed best-first (lowest property margin, where counterexamples
-live), depth-first once the queue exceeds ``max_queue`` so memory stays bounded.
+live), depth-first once the queue exceeds ``max_queue`` so memory stays bounded;
+``max_memory`` caps the pool of open sub-boxes as in :mod:`domains.bab`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from domains.backsub import argmin_on_box, concretize
 from domains.box import bound_linear as box_bound_linear
 from domains.network import Network
 from domains.pgd import pgd_maximize
+from domains.pool import Batch, Pool
 
 
 def clause_margins(lower: Tensor, d: Tensor, clause: Tensor, n_clauses: int) -> Tensor:
@@ -57,6 +59,7 @@ class InputBaBConfig:
     lr_alpha: float = 0.1
     branching: str = "smear"  # 'smear' (|coefficient| x width over the violated rows) or 'width'
     max_queue: int = 200000  # beyond this many open sub-boxes, go depth-first
+    max_memory: int | None = None  # bytes the open sub-boxes may take (None: no cap), as in domains.bab
     max_depth: int = 200  # a guard against splitting below the floating-point resolution
     order: str = "concrete"  # best-first by the smallest concrete margin found, or by the lower 'bound'
     samples: int = 4096  # random points per batch, spread over its open sub-boxes (see face_samples)
@@ -65,48 +68,14 @@ class InputBaBConfig:
 
 
 @dataclass
-class Boxes:
-    """A batch of sub-boxes as stacked tensors: lo, hi (N, *in), lower (N, K) row bounds, depth (N,)."""
+class Boxes(Batch):
+    """A batch of sub-boxes: lo, hi (N, *in), lower (N, m) row bounds, depth (N,), key (N,) the best-first order."""
 
     lo: Tensor
     hi: Tensor
     lower: Tensor
     depth: Tensor
-
-    def __len__(self) -> int:
-        return self.lo.shape[0]
-
-    def select(self, index: Tensor) -> Boxes:
-        return Boxes(self.lo[index], self.hi[index], self.lower[index], self.depth[index])
-
-    @staticmethod
-    def cat(parts: list[Boxes]) -> Boxes:
-        return Boxes(*(torch.cat([getattr(p, name) for p in parts]) for name in ("lo", "hi", "lower", "depth")))
-
-
-class BoxQueue:
-    """Open sub-boxes; pops the k with the lowest key (a margin, or minus depth when depth-first)."""
-
-    def __init__(self):
-        self.boxes: Boxes | None = None
-        self.margin: Tensor | None = None  # (M,) the key
-
-    def __len__(self) -> int:
-        return 0 if self.boxes is None else len(self.boxes)
-
-    def push(self, boxes: Boxes, margin: Tensor) -> None:
-        if self.boxes is None:
-            self.boxes, self.margin = boxes, margin
-        else:
-            self.boxes, self.margin = Boxes.cat([self.boxes, boxes]), torch.cat([self.margin, margin])
-
-    def pop(self, k: int, depth_first: bool) -> Boxes:
-        key = -self.boxes.depth.to(self.margin) if depth_first else self.margin
-        taken = torch.zeros(len(self), dtype=torch.bool, device=key.device)
-        taken[torch.topk(key, min(k, len(self)), largest=False).indices] = True
-        out = self.boxes.select(taken)
-        self.boxes, self.margin = self.boxes.select(~taken), self.margin[~taken]
-        return out
+    key: Tensor
 
 
 @dataclass
@@ -186,15 +155,24 @@ class InputBranchAndBound:
         left_hi[rows, dim] = mid
         right_lo[rows, dim] = mid
         return Boxes(torch.cat([lo, right_lo]).view(shape), torch.cat([left_hi, hi]).view(shape),
-                     boxes.lower.repeat(2, 1), boxes.depth.repeat(2) + 1)
+                     boxes.lower.repeat(2, 1), boxes.depth.repeat(2) + 1, boxes.key.repeat(2))
 
     # -- search -----------------------------------------------------------------------------------
 
     def run(self) -> BaBResult:
-        """Search until every sub-box is certified, a counterexample is found, or the deadline passes."""
+        """Search until every sub-box is certified, a counterexample is found, or the deadline passes.
+
+        With ``max_memory``, the pool holds at most ``max_memory // row_bytes`` sub-boxes: near the cap
+        the search pops only as many as their children may fill (at least one) and goes depth-first; if
+        the children left open still do not fit, it stops with ``unknown`` (``stats["stopped"] = "memory"``).
+        """
         todo = Boxes(self.lower, self.upper, torch.full_like(self.d, -torch.inf),
-                     torch.zeros(1, dtype=torch.long, device=self.d.device))
-        queue = BoxQueue()
+                     torch.zeros(1, dtype=torch.long, device=self.d.device), self.d.new_zeros(1))
+        self.stats["row_bytes"] = todo.row_bytes()
+        capacity = None
+        if self.config.max_memory is not None:
+            capacity = self.stats["queue_capacity"] = max(self.config.max_memory // self.stats["row_bytes"], 1)
+        queue = Pool(todo, lambda boxes: boxes.key, capacity)
         batch_time = 0.0  # of the last batch: the next one is not started if it would end past the deadline
         while True:
             started = time.monotonic()
@@ -211,12 +189,18 @@ class InputBranchAndBound:
                 if found is not None:
                     return BaBResult("falsified", found, self.stats)
                 kept.lower = kept_bounds.lower
-                key = concrete if self.config.order == "concrete" else margin[open_]
-                queue.push(self.split(kept, self.scores(kept, kept_bounds).argmax(1)), key.repeat(2))
+                kept.key = concrete if self.config.order == "concrete" else margin[open_]
+                children = self.split(kept, self.scores(kept, kept_bounds).argmax(1))
+                if len(children) > queue.room():
+                    self.stats["stopped"] = "memory"
+                    return BaBResult("unknown", stats=self.stats)
+                queue.push(children)
             if not len(queue):
                 return BaBResult("certified", stats=self.stats)
             self.stats["max_queue"] = max(self.stats["max_queue"], len(queue))
-            todo = queue.pop(self.config.batch_size, depth_first=len(queue) > self.config.max_queue)
+            # a popped sub-box frees its slot and adds at most two children: near the cap pop only the room left
+            size = max(min(self.config.batch_size, queue.room()), 1)
+            todo = queue.pop(size, depth_first=len(queue) > self.config.max_queue or size < self.config.batch_size)
             depth = int(todo.depth.max())
             self.stats["max_depth"] = max(self.stats["max_depth"], depth)
             if depth > self.config.max_depth:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from domains.bab import LayerConstraints, Pool, SplitDeepPoly, Subproblems
+from domains.bab import LayerConstraints, SplitDeepPoly, Subproblems
+from domains.pool import Pool
 from tests.random_nets import random_network
 
 
@@ -74,7 +75,7 @@ def _subproblems(lower_values, depths):
 
 def test_pool_pops_lowest_bound_first_and_deepest_when_asked():
     first = _subproblems([-1.0, -5.0, -3.0], [1, 2, 3])
-    pool = Pool(first, torch.zeros(1, 1))
+    pool = Pool(first, lambda sub: sub.lower[:, 0])
     pool.push(first)
     pool.push(_subproblems([-4.0, -0.5], [7, 4]))
     assert len(pool) == 5
@@ -101,7 +102,7 @@ def test_row_bytes_sums_one_row_of_every_tensor():
 
 
 def test_pool_never_grows_beyond_its_capacity():
-    pool = Pool(_subproblems([0.0], [0]), torch.zeros(1, 1), capacity=5)
+    pool = Pool(_subproblems([0.0], [0]), lambda sub: sub.lower[:, 0], capacity=5)
     pool.push(_subproblems([-1.0, -2.0, -3.0], [0, 0, 0]))
     pool.push(_subproblems([-4.0, -5.0], [1, 1]))
     assert len(pool) == 5 and pool.room() == 0 and len(pool.valid) == 5  # storage capped, not doubled to 6

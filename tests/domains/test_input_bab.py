@@ -90,7 +90,7 @@ def test_sub_box_bounds_are_sound(kind):
     g = torch.Generator().manual_seed(0)
     lo = lower + (upper - lower) * torch.rand(6, *lower.shape, generator=g) * 0.7
     hi = lo + (upper - lower) * torch.rand(6, *lower.shape, generator=g) * 0.3
-    boxes = Boxes(lo, hi, torch.full((6, len(spec.d)), -torch.inf), torch.zeros(6, dtype=torch.long))
+    boxes = Boxes(lo, hi, torch.full((6, len(spec.d)), -torch.inf), torch.zeros(6, dtype=torch.long), torch.zeros(6))
     with torch.no_grad():
         bounded = search.bound(boxes)
     C = spec.C.expand(6, -1, -1)
@@ -102,7 +102,7 @@ def test_sub_box_bounds_are_sound(kind):
 
 def test_split_halves_the_chosen_dimension():
     lo, hi = torch.zeros(2, 3), torch.tensor([[1.0, 2, 4], [8, 1, 1]])
-    boxes = Boxes(lo, hi, torch.zeros(2, 1), torch.tensor([0, 5]))
+    boxes = Boxes(lo, hi, torch.zeros(2, 1), torch.tensor([0, 5]), torch.zeros(2))
     children = InputBranchAndBound.split(boxes, torch.tensor([2, 0]))
     assert torch.equal(children.lo, torch.tensor([[0.0, 0, 0], [0, 0, 0], [0, 0, 2], [4, 0, 0]]))
     assert torch.equal(children.hi, torch.tensor([[1.0, 2, 2], [4, 1, 1], [1, 2, 4], [8, 1, 1]]))
@@ -152,8 +152,35 @@ def test_face_samples_lie_in_their_box_and_often_on_its_faces():
     lower, upper, spec = _properties(net, 0)[0]
     search = _search(net, lower, upper, spec)
     lo, hi = torch.tensor([[0.0, 1, 2], [5, 5, 5]]), torch.tensor([[1.0, 3, 2], [6, 9, 7]])
-    x = search.face_samples(Boxes(lo, hi, torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)), 4000)
+    x = search.face_samples(Boxes(lo, hi, torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), torch.zeros(2)), 4000)
     assert x.shape == (2, 4000, 3) and bool(((x >= lo[:, None]) & (x <= hi[:, None])).all())
     at_lower, at_upper = (x == lo[:, None]).float().mean(1), (x == hi[:, None]).float().mean(1)
     assert torch.allclose(at_lower[:, :2], torch.tensor(0.25), atol=0.03)
     assert torch.allclose(at_upper[:, :2], torch.tensor(0.25), atol=0.03)
+
+
+def test_memory_cap_bounds_the_queue_and_keeps_verdicts_exact():
+    """With room for fewer sub-boxes than an uncapped search holds, the search goes depth-first and still
+    decides as MILP does; with room for one it stops with unknown ('memory') instead of growing."""
+    capped_below_need, stopped = 0, 0
+    for kind, seed in [("fc2", 2), ("fc3", 1)]:
+        net = _net(kind, seed)
+        for lower, upper, spec in _properties(net, seed):
+            config = InputBaBConfig(batch_size=4)
+            free = _search(net, lower, upper, spec, config).run()
+            need = free.stats["max_queue"]
+            if free.status != "certified" or need < 6:
+                continue
+            row_bytes = free.stats["row_bytes"]
+            for capacity in (1, need - 2):
+                config.max_memory = capacity * row_bytes + row_bytes // 2
+                capped = _search(net, lower, upper, spec, config).run()
+                assert capped.stats["queue_capacity"] == capacity and capped.stats["max_queue"] <= capacity
+                if capped.status == "certified":
+                    _check_verdict(net, lower, upper, spec, capped)
+                    capped_below_need += 1
+                else:
+                    assert capped.status == "unknown" and capped.stats["stopped"] == "memory"
+                    stopped += 1
+    assert capped_below_need > 0  # certified with less room than the uncapped search used
+    assert stopped > 0  # and a single slot is too few
