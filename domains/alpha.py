@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -44,6 +45,41 @@ def stop_by(deadline: float, done: Callable[[Tensor], bool] | None = None) -> Ca
     return stop
 
 
+@dataclass
+class NeuronSlopes:
+    """Fixed lower slopes of one intermediate node's bounds, looked up by neuron.
+
+    For a batch whose refined neurons are among those the slopes were
+    optimised for (the children of a branch-and-bound root: their bounds only
+    tighten). slopes: (2K, *relu_shape), the rows bounding K neurons from
+    below, then from above; row: (n,) each neuron's row among the K, -1 if none.
+    """
+
+    slopes: Tensor
+    row: Tensor
+
+    @staticmethod
+    def of(dp: AlphaDeepPoly) -> dict[tuple[int, int], NeuronSlopes]:
+        """The optimised intermediate slopes of a single-sample ``dp``, keyed (start, relu)."""
+        out = {}
+        for (start, relu), a in dp.alpha.items():
+            if start == dp.output or start not in dp.refine_idx:
+                continue
+            idx = dp.refine_idx[start][0]
+            row = torch.full((math.prod(dp.net.shapes[start]),), -1, dtype=torch.long, device=idx.device)
+            row[idx] = torch.arange(len(idx), device=idx.device)
+            out[(start, relu)] = NeuronSlopes(a[0], row)
+        return out
+
+    def pick(self, neurons: Tensor) -> tuple[Tensor, Tensor]:
+        """Slopes of the rows +x_i then -x_i for ``neurons`` (N, c): (N, 2c, *s), and where known (N, 2c, 1...)."""
+        r = self.row[neurons]
+        k = self.slopes.shape[0] // 2
+        slopes = torch.cat([self.slopes[r.clamp(min=0)], self.slopes[k + r.clamp(min=0)]], 1)
+        known = torch.cat([r, r], 1) >= 0
+        return slopes, known.reshape(*known.shape, *[1] * (slopes.dim() - 2))
+
+
 class AlphaDeepPoly(DeepPoly):
     """DeepPoly whose lower slopes ``alpha[(start, relu)]`` (N, K, *s) can be optimised."""
 
@@ -51,10 +87,15 @@ class AlphaDeepPoly(DeepPoly):
         super().__init__(net, lower, upper)
         self.alpha: dict[tuple[int, int], Tensor] = {}
         self.create_alpha = False  # while optimising, missing slopes become parameters on first use
+        self.fixed: dict[tuple[int, int], NeuronSlopes] = {}  # intermediate slopes looked up by neuron
 
     def lower_slope(self, start: int, relu: int, A: Tensor) -> Tensor:
         default = super().lower_slope(start, relu, A)
         key = (start, relu)
+        if key in self.fixed and self.window is not None:
+            slopes, known = self.fixed[key].pick(self.window)
+            lo, hi = self.pre_bounds(relu)
+            return torch.where(((lo < 0) & (hi > 0)).unsqueeze(1) & known, slopes, default)
         if key not in self.alpha:
             if not self.create_alpha:
                 return default

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from domains.alpha import AlphaDeepPoly, stop_by
+from domains.alpha import AlphaDeepPoly, NeuronSlopes, stop_by
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
 from domains.pgd import pgd_maximize
@@ -172,6 +172,7 @@ class BranchAndBound:
         self.relus = root.net.relu_nodes
         self.pre = {r: root.net.nodes[r].inputs[0] for r in self.relus}
         self.stats = {"subproblems": 0, "batches": 0, "max_queue": 0, "pruned_infeasible": 0}
+        self.root_slopes = NeuronSlopes.of(root)
 
     # -- bounding ---------------------------------------------------------------------------------
 
@@ -181,9 +182,10 @@ class BranchAndBound:
         lower = self.root.lower.expand(n, *self.root.lower.shape[1:])
         upper = self.root.upper.expand(n, *self.root.upper.shape[1:])
         dp = SplitDeepPoly(self.net, lower, upper, self.root.constraints)
-        # intermediate bounds use default slopes on each child's own unstable neurons and are intersected
-        # with the parent's (alpha-optimised) bounds; only the final bound has per-subproblem multipliers
+        # intermediate bounds of each child's own unstable neurons use the root's optimised slopes and are
+        # intersected with the parent's bounds; only the final bound has per-subproblem multipliers
         dp.alpha = {(dp.output, r): a for r, a in sub.alpha.items()}
+        dp.fixed = self.root_slopes
         dp.split, dp.beta, dp.gamma = sub.split, sub.beta, sub.gamma
         return dp
 

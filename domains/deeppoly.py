@@ -88,6 +88,7 @@ class DeepPoly:
         self.refined: dict[int, Bounds] = {}  # their back-substituted bounds before any intersection (N, K)
         self.pre_activations = {net.nodes[r].inputs[0] for r in net.relu_nodes} - exact_by_intervals(net)
         self.chunk_elements = 1 << 20  # memory budget of one back-substitution (coefficient entries)
+        self.window: Tensor | None = None  # in refine(): the neurons (N, c) whose bounds are being computed
         self.output = len(net.nodes) - 1
 
     # -- relaxation ---------------------------------------------------------------------------------
@@ -131,11 +132,13 @@ class DeepPoly:
         step = k if not self.rows_chunkable(node) else max(1, self.chunk_elements // (2 * n * widest))
         lowers, uppers = [], []  # (N, chunk) each: lower bounds of +x_i and of -x_i
         for part in idx.split(step, dim=1):
+            self.window = part
             eye = torch.zeros(n, part.shape[1], size, dtype=lo.dtype, device=lo.device)
             eye.scatter_(2, part.unsqueeze(-1), 1.0)
             bound = self.linear_lower(node, torch.cat([eye, -eye], 1).reshape(n, -1, *lo.shape[1:]))
             lowers.append(bound[:, :part.shape[1]])
             uppers.append(-bound[:, part.shape[1]:])
+        self.window = None
         self.refined[node] = (torch.cat(lowers, 1), torch.cat(uppers, 1))
         new_lo = lo.flatten(1).scatter(1, idx, torch.maximum(self.refined[node][0], lo.flatten(1).gather(1, idx)))
         new_hi = hi.flatten(1).scatter(1, idx, torch.minimum(self.refined[node][1], hi.flatten(1).gather(1, idx)))

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from domains.bab import LayerConstraints, SplitDeepPoly, Subproblems
+from domains.alpha import NeuronSlopes
+from domains.bab import BaBConfig, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
 from domains.pool import Pool
 from tests.random_nets import random_network
 
@@ -64,6 +65,53 @@ def test_split_bound_with_any_multipliers_is_sound(kind, seed):
     with torch.no_grad():
         values = torch.einsum("kj,pj->kp", C[0], net(points)).min(1).values
     assert (bound[0] <= values + 1e-5).all()
+
+
+
+def test_neuron_slopes_are_looked_up_by_neuron():
+    slopes = torch.arange(4.0).reshape(4, 1) * torch.ones(4, 3)  # rows: lower of neurons 5 and 2, then upper
+    lookup = NeuronSlopes(slopes, torch.tensor([-1, -1, 1, -1, -1, 0]))
+    picked, known = lookup.pick(torch.tensor([[2, 5], [5, 4]]))
+    assert picked[:, :, 0].tolist() == [[1.0, 0.0, 3.0, 2.0], [0.0, 0.0, 2.0, 2.0]]
+    assert known.flatten(1).tolist() == [[True, True, True, True], [True, False, True, False]]
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
+@pytest.mark.parametrize("seed", range(3))
+def test_children_bounds_with_the_roots_slopes_are_sound(kind, seed):
+    """Children's intermediate bounds, recomputed with the root's optimised slopes, hold on their regions."""
+    _, net = random_network(seed, kind, detach=True)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, *net.input_shape, generator=g)
+    lower, upper = x - 0.2, x + 0.2
+    C = torch.randn(1, 1, *net.output_shape, generator=g)
+    dp = SplitDeepPoly(net, lower, upper)
+    dp.optimize(C, iterations=5)
+    search = BranchAndBound(dp, C, torch.full((1, 1), 1e6), BaBConfig(iterations=2),
+                            lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
+    assert search.root_slopes
+    params = dp.final_parameters()
+    pre = {r: net.nodes[r].inputs[0] for r in net.relu_nodes}
+    sub = Subproblems(bounds={pre[r]: dp.bounds[pre[r]] for r in net.relu_nodes},
+                      split={r: torch.zeros(1, *net.shapes[r], dtype=torch.int8) for r in net.relu_nodes},
+                      alpha={r: params[("alpha", r)] for r in net.relu_nodes},
+                      beta={r: torch.zeros(1, 1, *net.shapes[r]) for r in net.relu_nodes}, gamma={},
+                      lower=torch.full((1, 1), -torch.inf), depth=torch.zeros(1, dtype=torch.long))
+    sub, _, _ = search.bound(sub, refine_from=len(net.nodes), iterations=0)
+    for _ in range(3):
+        sub, refine_from = search.branch(sub)
+        sub, feasible, _ = search.bound(sub, refine_from, iterations=2)
+        sub = sub.select(feasible)
+    checked = 0
+    for i in range(len(sub)):
+        points = _split_region_points(net, lower, upper, {r: s[i:i + 1] for r, s in sub.split.items()},
+                                      n=4000, seed=i)
+        checked += len(points)
+        with torch.no_grad():
+            values = net(points, return_all=True)
+        for node, (lo, hi) in sub.bounds.items():
+            assert (values[node] >= lo[i] - 1e-5).all() and (values[node] <= hi[i] + 1e-5).all()
+    assert checked > 0
 
 
 def _subproblems(lower_values, depths):
