@@ -22,14 +22,18 @@ def _split_region_points(net, lower, upper, split, n=20000, seed=0):
     return points[keep]
 
 
-@pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
-@pytest.mark.parametrize("seed", range(4))
-def test_split_bound_with_any_multipliers_is_sound(kind, seed):
+def _box_and_rows(kind, seed, rows):
+    """A random network, its generator, an input box of radius 0.2 and random rows C (1, rows, *out)."""
     _, net = random_network(seed, kind, detach=True)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(1, *net.input_shape, generator=g)
-    lower, upper = x - 0.2, x + 0.2
-    C = torch.randn(1, 2, *net.output_shape, generator=g)
+    return net, g, x - 0.2, x + 0.2, torch.randn(1, rows, *net.output_shape, generator=g)
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
+@pytest.mark.parametrize("seed", range(4))
+def test_split_bound_with_any_multipliers_is_sound(kind, seed):
+    net, g, lower, upper, C = _box_and_rows(kind, seed, rows=2)
     dp = SplitDeepPoly(net, lower, upper)
     dp.compute_intermediate_bounds()
     # split a few unstable neurons per layer the way a random point of the box activates them (so the
@@ -80,11 +84,7 @@ def test_neuron_slopes_are_looked_up_by_neuron():
 @pytest.mark.parametrize("seed", range(3))
 def test_children_bounds_with_the_roots_slopes_are_sound(kind, seed):
     """Children's intermediate bounds, recomputed with the root's optimised slopes, hold on their regions."""
-    _, net = random_network(seed, kind, detach=True)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(1, *net.input_shape, generator=g)
-    lower, upper = x - 0.2, x + 0.2
-    C = torch.randn(1, 1, *net.output_shape, generator=g)
+    net, _, lower, upper, C = _box_and_rows(kind, seed, rows=1)
     dp = SplitDeepPoly(net, lower, upper)
     dp.optimize(C, iterations=5)
     search = BranchAndBound(dp, C, torch.full((1, 1), 1e6), BaBConfig(iterations=2),
