@@ -309,17 +309,14 @@ class BranchAndBound:
         A subproblem is done when some row's lower bound exceeds its d (the
         clause is excluded there) or its region is empty.
         """
-        queue = Pool(root, lambda sub: (sub.lower - self.d).max(1).values, self.capacity(root))
+        queue = Pool(root, lambda sub: (sub.lower - self.d).max(1).values, self.config.max_memory)
+        self.stats.update(queue.stats())
         queue.push(root)
         while len(queue):
             self.stats["max_queue"] = max(self.stats["max_queue"], len(queue))
             if time.monotonic() > self.deadline:
                 return BaBResult("timeout", stats=self.stats)
-            # a popped subproblem frees its slot and adds at most two children: near the cap, pop only as many
-            # as the room left (at least one) and go depth-first
-            size = max(min(self.config.batch_size, queue.room()), 1)
-            depth_first = len(queue) > self.config.max_queue or size < self.config.batch_size
-            batch = queue.pop(size, depth_first=depth_first)
+            batch = queue.take(self.config.batch_size, self.config.max_queue)
             if int(batch.depth.max()) >= self.config.max_depth:
                 return BaBResult("unknown", stats=self.stats)
             branchable = torch.cat(list(batch.score.values()), 1).amax(1) >= 0
@@ -348,14 +345,6 @@ class BranchAndBound:
             if bool(keep.any()):
                 queue.push(children.select(keep))
         return BaBResult("certified", stats=self.stats)
-
-    def capacity(self, root: Subproblems) -> int | None:
-        """The most open subproblems ``max_memory`` allows (None without a cap)."""
-        self.stats["row_bytes"] = root.row_bytes()
-        if self.config.max_memory is None:
-            return None
-        self.stats["queue_capacity"] = max(self.config.max_memory // self.stats["row_bytes"], 1)
-        return self.stats["queue_capacity"]
 
     def solve_leaves(self, leaves: Subproblems) -> BaBResult | None:
         """Fully split subproblems are LPs (no unstable ReLU left): solve them exactly.

@@ -168,11 +168,8 @@ class InputBranchAndBound:
         """
         todo = Boxes(self.lower, self.upper, torch.full_like(self.d, -torch.inf),
                      torch.zeros(1, dtype=torch.long, device=self.d.device), self.d.new_zeros(1))
-        self.stats["row_bytes"] = todo.row_bytes()
-        capacity = None
-        if self.config.max_memory is not None:
-            capacity = self.stats["queue_capacity"] = max(self.config.max_memory // self.stats["row_bytes"], 1)
-        queue = Pool(todo, lambda boxes: boxes.key, capacity)
+        queue = Pool(todo, lambda boxes: boxes.key, self.config.max_memory)
+        self.stats.update(queue.stats())
         batch_time = 0.0  # of the last batch: the next one is not started if it would end past the deadline
         while True:
             started = time.monotonic()
@@ -198,9 +195,7 @@ class InputBranchAndBound:
             if not len(queue):
                 return BaBResult("certified", stats=self.stats)
             self.stats["max_queue"] = max(self.stats["max_queue"], len(queue))
-            # a popped sub-box frees its slot and adds at most two children: near the cap pop only the room left
-            size = max(min(self.config.batch_size, queue.room()), 1)
-            todo = queue.pop(size, depth_first=len(queue) > self.config.max_queue or size < self.config.batch_size)
+            todo = queue.take(self.config.batch_size, self.config.max_queue)
             depth = int(todo.depth.max())
             self.stats["max_depth"] = max(self.stats["max_depth"], depth)
             if depth > self.config.max_depth:

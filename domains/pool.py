@@ -78,13 +78,16 @@ class Batch:
 class Pool:
     """Open subproblems in preallocated storage: pushing and popping cost O(batch), not O(queue).
 
-    ``key(batch)`` (N,) orders best-first (lowest first). The storage doubles
-    as needed but never beyond ``capacity`` subproblems.
+    ``key(batch)`` (N,) orders best-first (lowest first). With ``max_memory``
+    (bytes) the pool holds at most ``capacity = max_memory // row_bytes``
+    subproblems (``row_bytes``: one subproblem's tensors, as ``like``'s); the
+    storage doubles as needed but never beyond it.
     """
 
-    def __init__(self, like: Batch, key: Callable[[Batch], Tensor], capacity: int | None = None):
+    def __init__(self, like: Batch, key: Callable[[Batch], Tensor], max_memory: int | None = None):
         self.key = key
-        self.capacity = capacity
+        self.row_bytes = like.row_bytes()
+        self.capacity = None if max_memory is None else max(max_memory // self.row_bytes, 1)
         self.store = like.select(torch.zeros(0, dtype=torch.long, device=like.depth.device))
         self.valid = torch.zeros(0, dtype=torch.bool, device=like.depth.device)
 
@@ -94,6 +97,10 @@ class Pool:
     def room(self) -> float:
         """How many more subproblems fit."""
         return math.inf if self.capacity is None else self.capacity - len(self)
+
+    def stats(self) -> dict[str, int]:
+        """The bytes of one subproblem and, with a cap, the capacity: for a search's statistics."""
+        return {"row_bytes": self.row_bytes, **({} if self.capacity is None else {"queue_capacity": self.capacity})}
 
     def push(self, sub: Batch) -> None:
         if len(sub) > self.room():
@@ -118,3 +125,10 @@ class Pool:
         idx = torch.topk(key, min(k, len(self)), largest=False).indices
         self.valid[idx] = False
         return self.store.select(idx)
+
+    def take(self, batch_size: int, max_queue: int) -> Batch:
+        """The next batch to branch: up to ``batch_size`` best-first, depth-first beyond ``max_queue`` open
+        subproblems. Each taken subproblem frees its slot and may add two children, so near the capacity it
+        takes only as many as the room left (at least one), depth-first."""
+        size = max(min(batch_size, self.room()), 1)
+        return self.pop(size, depth_first=len(self) > max_queue or size < batch_size)

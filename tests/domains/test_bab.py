@@ -150,7 +150,8 @@ def test_row_bytes_sums_one_row_of_every_tensor():
 
 
 def test_pool_never_grows_beyond_its_capacity():
-    pool = Pool(_subproblems([0.0], [0]), lambda sub: sub.lower[:, 0], capacity=5)
+    like = _subproblems([0.0], [0])
+    pool = Pool(like, lambda sub: sub.lower[:, 0], max_memory=5 * like.row_bytes() + like.row_bytes() // 2)
     pool.push(_subproblems([-1.0, -2.0, -3.0], [0, 0, 0]))
     pool.push(_subproblems([-4.0, -5.0], [1, 1]))
     assert len(pool) == 5 and pool.room() == 0 and len(pool.valid) == 5  # storage capped, not doubled to 6
