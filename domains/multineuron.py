@@ -141,14 +141,11 @@ def _group_hull(D: np.ndarray, u: np.ndarray, systems) -> tuple[np.ndarray, np.n
         # the hull of a subset is not an outer approximation, but every facet is shifted below to hold
         # for all vertices, so the constraints stay valid (only less tight)
         sample = lifted[np.random.default_rng(0).choice(len(lifted), MAX_HULL_POINTS, replace=False)]
-    facets = _hull_facets(sample)
-    if facets is None:
+    normals = _hull_normals(sample)
+    if normals is None:
         return np.zeros((0, k)), np.zeros((0, k)), np.zeros(0)
-    normals, offsets = facets
-    keep = np.abs(normals[:, k:]).max(1) > 1e-9
-    normals, offsets = normals[keep], offsets[keep]
-    norm = np.abs(normals).max(1, keepdims=True)
-    normals, offsets = normals / norm, offsets / norm[:, 0]
+    normals = normals[np.abs(normals[:, k:]).max(1) > 1e-9]
+    normals = normals / np.abs(normals).max(1, keepdims=True)
     # validation: the worst lifted vertex decides the constant, plus a safety margin
     offsets = -(lifted @ normals.T).max(0) - SAFETY * scale
     best = _deepest_cuts(normals, offsets, vertices)
@@ -174,11 +171,12 @@ def _deepest_cuts(normals: np.ndarray, offsets: np.ndarray, vertices: np.ndarray
     return order[depth[order] > 1e-6 * max(1.0, np.abs(vertices).max())]
 
 
-def _hull_facets(points: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Facet normals and offsets (n . p + e <= 0 inside) of the hull of points, within their affine hull.
+def _hull_normals(points: np.ndarray) -> np.ndarray | None:
+    """Outward facet normals (F, dim) of the hull of points, within their affine hull (None for a single point).
 
     Points spanning a lower-dimensional affine subspace are hulled there; the
-    facets are lifted back and the subspace's equations added (both signs).
+    facets are lifted back and the subspace's normals added (both signs). The
+    offsets are left to the caller's validation against all points.
     """
     center = points.mean(0)
     _, sing, vt = np.linalg.svd(points - center, full_matrices=True)
@@ -186,18 +184,13 @@ def _hull_facets(points: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if rank == 0:
         return None
     basis, normal_space = vt[:rank], vt[rank:]
-    equations_n = np.vstack([normal_space, -normal_space])
-    equations_e = -(equations_n @ center)
     if rank == 1:
-        t = (points - center) @ basis[0]
-        normals = np.vstack([basis[0], -basis[0]])
-        offsets = np.array([-(t.max()) - basis[0] @ center, t.min() + basis[0] @ center])
+        facets = np.vstack([basis[0], -basis[0]])
     else:
         local = (points - center) @ basis.T
         try:
             hull = ConvexHull(local)
         except QhullError:
             hull = ConvexHull(local, qhull_options="QJ")
-        normals = hull.equations[:, :-1] @ basis
-        offsets = hull.equations[:, -1] - normals @ center
-    return np.vstack([normals, equations_n]), np.concatenate([offsets, equations_e])
+        facets = hull.equations[:, :-1] @ basis
+    return np.vstack([facets, normal_space, -normal_space])
