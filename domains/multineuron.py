@@ -145,11 +145,18 @@ def _group_hull(D: np.ndarray, u: np.ndarray, systems) -> tuple[np.ndarray, np.n
     if normals is None:
         return np.zeros((0, k)), np.zeros((0, k)), np.zeros(0)
     normals = normals[np.abs(normals[:, k:]).max(1) > 1e-9]
-    normals = normals / np.abs(normals).max(1, keepdims=True)
+    # qhull triangulates: a facet of the hull comes back once per simplex of it (~15x on k = 3 groups)
+    normals = _unique_rows(np.round(normals / np.abs(normals).max(1, keepdims=True), 12))
     # validation: the worst lifted vertex decides the constant, plus a safety margin
     offsets = -(lifted @ normals.T).max(0) - SAFETY * scale
     best = _deepest_cuts(normals, offsets, vertices)
     return normals[best, :k], normals[best, k:], offsets[best]
+
+
+def _unique_rows(x: np.ndarray) -> np.ndarray:
+    """The distinct rows of x (F, n), in lexicographic order (np.unique(axis=0) is 10x slower)."""
+    x = x[np.lexsort(x.T[::-1])]
+    return x[np.concatenate([[True], (x[1:] != x[:-1]).any(1)])]
 
 
 def _deepest_cuts(normals: np.ndarray, offsets: np.ndarray, vertices: np.ndarray) -> np.ndarray:
