@@ -126,7 +126,7 @@ class AlphaDeepPoly(DeepPoly):
     # -- optimisation -------------------------------------------------------------------------------
 
     def optimize(self, C: Tensor, iterations: int = 20, lr: float = 0.1, intermediate: bool = True,
-                 done: Callable[[Tensor], bool] | None = None) -> Tensor:
+                 done: Callable[[Tensor], bool] | None = None, lr_of: dict[str, float] | None = None) -> Tensor:
         """Maximise the lower bounds of ``C y`` over the multipliers; returns the best bounds (N, K).
 
         With ``intermediate`` the slopes of the refined intermediate bounds are
@@ -135,6 +135,10 @@ class AlphaDeepPoly(DeepPoly):
         multipliers move. The run ends early once ``done(best bounds)``.
         Afterwards ``self.bounds`` holds the tightest
         intermediate bounds seen and the final multipliers are the best per row.
+        ``lr`` is the slopes' learning rate; ``lr_of`` sets it per kind of final
+        multiplier ("beta", "gamma": Adam moves every entry by about its learning
+        rate per step, so multipliers whose useful values are far below 1 need a
+        smaller one).
         """
         best = self.bound(C).detach()  # without optimisation; also fixes the refined index sets
         reference = dict(self.bounds)
@@ -153,7 +157,7 @@ class AlphaDeepPoly(DeepPoly):
                     self.compute_intermediate_bounds(known=reference)
                 lb = self.linear_lower(self.output, C)
                 if optimizer is None:
-                    optimizer = Adam(self._parameters(intermediate), lr)
+                    optimizer = Adam(*self._parameters(intermediate, lr, lr_of or {}))
                 self._keep_best(lb.detach(), best, best_params)
                 if intermediate:
                     best_bounds = tightest(best_bounds, {i: (lo.detach(), hi.detach())
@@ -183,9 +187,13 @@ class AlphaDeepPoly(DeepPoly):
             total = total + ((hi - lo) * ((cur_lo < 0) & (cur_hi > 0))).sum()
         return total
 
-    def _parameters(self, intermediate: bool) -> list[Tensor]:
-        final = list(self.final_parameters().values())
-        return final + ([a for (start, _), a in self.alpha.items() if start != self.output] if intermediate else [])
+    def _parameters(self, intermediate: bool, lr: float, lr_of: dict[str, float]
+                    ) -> tuple[list[Tensor], list[float]]:
+        """The tensors to optimise and the learning rate of each."""
+        params = [(value, lr_of.get(kind, lr)) for (kind, _), value in self.final_parameters().items()]
+        if intermediate:
+            params += [(a, lr) for (start, _), a in self.alpha.items() if start != self.output]
+        return [p for p, _ in params], [r for _, r in params]
 
     def _keep_best(self, lb: Tensor, best: Tensor, best_params: dict[tuple, Tensor]) -> None:
         """Row-wise: remember the bound and the final multipliers where this pass improved."""
@@ -197,13 +205,13 @@ class AlphaDeepPoly(DeepPoly):
 
 
 class Adam:
-    """Adam (Kingma & Ba, 2015), as torch.optim.Adam computes it, on a list of tensors.
+    """Adam (Kingma & Ba, 2015), as torch.optim.Adam computes it, on a list of tensors with one learning rate each.
 
     torch.optim's first use imports torch._dynamo, seconds of start-up that would
     be charged to the first property's timeout.
     """
 
-    def __init__(self, params: list[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, params: list[Tensor], lr: list[float], betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
         self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
         self.m = [torch.zeros_like(p) for p in params]
@@ -217,11 +225,10 @@ class Adam:
     def step(self) -> None:
         self.t += 1
         b1, b2 = self.betas
-        step_size = self.lr / (1 - b1 ** self.t)
-        correction2 = math.sqrt(1 - b2 ** self.t)
-        for p, m, v in zip(self.params, self.m, self.v):
+        correction1, correction2 = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
+        for p, lr, m, v in zip(self.params, self.lr, self.m, self.v):
             if p.grad is None:
                 continue
             m.lerp_(p.grad, 1 - b1)
             v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            p.addcdiv_(m, (v.sqrt() / correction2).add_(self.eps), value=-step_size)
+            p.addcdiv_(m, (v.sqrt() / correction2).add_(self.eps), value=-lr / correction1)

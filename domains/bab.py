@@ -136,6 +136,8 @@ class BaBConfig:
     batch_size: int = 64  # subproblems bounded together (children count twice)
     iterations: int = 10  # optimisation steps per batch of children
     lr_alpha: float = 0.1
+    lr_beta: float = 0.1
+    lr_gamma: float = 0.001  # see MNBaBConfig.lr_gamma
     # 'babsr', or 'acs' (MN-BaB's active-constraint score, BaBSR fallback); BaBSR needs far fewer subproblems
     # on mnist_fc since intermediate bounds are optimised for their own widths (256x2 prop_10_0.05: 178 vs
     # more than 9,768 in 60 s)
@@ -200,7 +202,8 @@ class BranchAndBound:
             dp.compute_intermediate_bounds(known=sub.bounds, refine_from=refine_from)
         C, d = self.C.expand(len(sub), *self.C.shape[1:]), self.d.expand(len(sub), -1)
         row_lower = dp.optimize(C, iterations=iterations, lr=self.config.lr_alpha, intermediate=False,
-                                done=stop_by(self.deadline, lambda best: bool(((best - d).max(1).values > 0).all())))
+                                done=stop_by(self.deadline, lambda best: bool(((best - d).max(1).values > 0).all())),
+                                lr_of={"beta": self.config.lr_beta, "gamma": self.config.lr_gamma})
         with torch.no_grad():
             A_in, const = dp.backsubstitute(dp.output, C)  # records the coefficients for branching
             candidates = argmin_on_box(A_in, dp.lower, dp.upper)

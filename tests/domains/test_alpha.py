@@ -60,14 +60,15 @@ def test_optimisation_improves_somewhere():
     assert max(gains) > 1e-2
 
 
-def test_adam_matches_torch_optim():
+def test_adam_matches_torch_optim_with_a_learning_rate_per_tensor():
     from domains.alpha import Adam
 
     g = torch.Generator().manual_seed(0)
     ours, theirs = [torch.randn(3, 4, generator=g) for _ in range(2)], None
     theirs = [p.clone().requires_grad_(True) for p in ours]
     ours = [p.clone().requires_grad_(True) for p in ours]
-    opt_ours, opt_theirs = Adam(ours, 0.1), torch.optim.Adam(theirs, lr=0.1)
+    opt_ours = Adam(ours, [0.1, 0.003])
+    opt_theirs = torch.optim.Adam([{"params": theirs[:1], "lr": 0.1}, {"params": theirs[1:], "lr": 0.003}])
     for step in range(5):
         for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
             opt.zero_grad()

@@ -145,3 +145,28 @@ def test_memory_cap_bounds_the_queue_and_keeps_verdicts_exact():
         assert capped.status == "certified"  # three slots suffice for these properties
     assert capped_below_need > 0  # the cap did bind: the uncapped search held more open subproblems
     assert stopped > 0  # and a single slot is too few
+
+
+def test_multineuron_constraints_tighten_the_mnist_fc_root():
+    """256x4 prop_8_0.03: gamma's learning rate decides whether the constraints help at all (at the slopes'
+    0.1 the worst clause stayed at alpha's -1.014; at 0.001 it reaches -0.94)."""
+    from tests.paths import vnncomp_dir
+    from verifier.onnx_import import load_onnx
+    from verifier.problems import vnnlib_instance
+    from verifier.spec import PropertyBatch
+    from verifier.vnnlib import parse_vnnlib
+
+    bench = vnncomp_dir()
+    if bench is None or not (bench / "2022_mnist_fc").is_dir():
+        pytest.skip("VNN-COMP benchmarks not available (set NNCERT_BENCHMARKS)")
+    folder = bench / "2022_mnist_fc"
+    model = load_onnx(folder / "onnx" / "mnist-net_256x4.onnx")
+    props = parse_vnnlib(folder / "vnnlib" / "prop_8_0.03.vnnlib", n_inputs=None, n_outputs=None)
+    batch = PropertyBatch.stack(vnnlib_instance(props, model.input_shape, model.output_size).props)
+    margins = {}
+    for multineuron in (False, True):
+        result = mnbab_verify(model.network, batch.lower[0], batch.upper[0], batch.C[0], batch.d[0], batch.clause,
+                              time.monotonic() + 120, lambda x: torch.zeros(len(x), dtype=torch.bool),
+                              MNBaBConfig(multineuron=multineuron, bab=False))
+        margins[multineuron] = result.stats["root_margin"]
+    assert margins[True] > margins[False] + 0.05, margins
