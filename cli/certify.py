@@ -124,7 +124,8 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     p.add_argument("--domain", default=DEFAULT_DOMAINS,
                    help=f"comma-separated domains among {', '.join(DOMAINS)} (default: {DEFAULT_DOMAINS})")
     p.add_argument("--timeout", type=float, help=timeout_help)
-    p.add_argument("--no-attack", action="store_true", help="skip the PGD attack stage")
+    p.add_argument("--no-attack", action="store_true",
+                   help="skip the PGD attack stages (before the domains, and MN-BaB's before branching)")
     p.add_argument("--batch-size", type=int, default=32, help="samples bounded together by Box / DeepPoly")
     mnbab = p.add_argument_group("MN-BaB")
     mnbab.add_argument("--bab-batch-size", type=int, default=64, help="subproblems branched together")
@@ -187,7 +188,8 @@ def options_from(args) -> Options:
                     max_memory=args.max_memory)
     mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
                         k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split,
-                        input_bab_config=InputBaBConfig(max_memory=args.max_memory))
+                        input_bab_config=InputBaBConfig(max_memory=args.max_memory),
+                        attack_restarts=0 if args.no_attack else MNBaBConfig.attack_restarts)
     return Options(milp_backend=args.milp_backend, mnbab=mnbab)
 
 

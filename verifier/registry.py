@@ -18,6 +18,7 @@ from domains import box
 from domains.deeppoly import DeepPoly
 from domains.mnbab import MNBaBConfig, mnbab_verify
 from domains.network import Network
+from verifier.attack import pgd_attack
 from verifier.spec import PropertyBatch
 
 
@@ -59,8 +60,13 @@ def verify_mnbab(net: Network, batch: PropertyBatch, deadline: float, options: O
         def is_counterexample(x: Tensor, prop=prop) -> Tensor:
             return prop.property_margin(net(x)) <= 0
 
+        def attack(deadline: float, prop=prop) -> Tensor | None:
+            # seed 1: the pipeline's cheap search (seed 0) already tried seed 0's first restarts
+            found, x = pgd_attack(net, prop, restarts=options.mnbab.attack_restarts, seed=1, deadline=deadline)
+            return x[0] if bool(found[0]) else None
+
         result = mnbab_verify(net, batch.lower[i], batch.upper[i], batch.C[i], batch.d[i], batch.clause, deadline,
-                              is_counterexample, options.mnbab)
+                              is_counterexample, options.mnbab, attack if options.mnbab.attack_restarts else None)
         verdicts.append(Verdict(result.status, result.counterexample, result.stats))
     return verdicts
 

@@ -147,6 +147,29 @@ def test_memory_cap_bounds_the_queue_and_keeps_verdicts_exact():
     assert stopped > 0  # and a single slot is too few
 
 
+def test_attack_runs_after_the_root_fails_and_before_branching():
+    """The stronger counterexample search is skipped when the root certifies; its find is the verdict."""
+    net, props = _properties("fc", 0, [0.01, 0.3])
+    calls = []
+
+    def attack(deadline):
+        calls.append(deadline)
+        return None
+
+    easy, hard = (_mnbab(net, lo, hi, spec) for lo, hi, spec in props)
+    assert easy.status == "certified" and hard.status == "falsified"
+    lower, upper, spec = props[0]
+    assert mnbab_verify(net, lower, upper, spec.C, spec.d, spec.clause, time.monotonic() + 60,
+                        _is_counterexample(net, spec), attack=attack).status == "certified"
+    assert calls == []
+    lower, upper, spec = props[1]
+    found = hard.counterexample
+    result = mnbab_verify(net, lower, upper, spec.C, spec.d, spec.clause, time.monotonic() + 60,
+                          _is_counterexample(net, spec), attack=lambda deadline: found)
+    assert result.status == "falsified" and result.stats["stage"] == "attack"
+    assert torch.equal(result.counterexample, found)
+
+
 def test_multineuron_constraints_tighten_the_mnist_fc_root():
     """256x4 prop_8_0.03: gamma's learning rate decides whether the constraints help at all (at the slopes'
     0.1 the worst clause stayed at alpha's -1.014; at 0.001 it reaches -0.94)."""
