@@ -26,6 +26,7 @@ still do not fit, the clause stops with ``unknown`` (``stats["stopped"] =
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,20 +52,29 @@ class LayerConstraints:
     a: Tensor
     b: Tensor
     c: Tensor
+    _placed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.idx.shape[0]
 
-    def spread(self, gamma: Tensor, coef: Tensor, shape: tuple[int, ...]) -> Tensor:
-        """sum_h gamma_h coef_h placed on the group's neurons: gamma (N, K, H) -> (N, K, *shape)."""
-        n, k, _ = gamma.shape
-        values = (gamma.unsqueeze(-1) * coef).reshape(n, k, -1)
-        out = gamma.new_zeros(n, k, int(torch.tensor(shape).prod()))
-        return out.index_add_(2, self.idx.reshape(-1), values).reshape(n, k, *shape)
+    def spread(self, gamma: Tensor, coef: str, shape: tuple[int, ...]) -> Tensor:
+        """sum_h gamma_h coef_h placed on the group's neurons: gamma (N, K, H) -> (N, K, *shape).
+
+        coef: 'a', 'b' or 'abs' (|a| + |b|). One sparse product with the
+        coefficients placed on their neurons (n, H), built once per layer.
+        """
+        n, k, h = gamma.shape
+        key = (coef, math.prod(shape), gamma.dtype, gamma.device)
+        if key not in self._placed:
+            values = {"a": self.a, "b": self.b, "abs": self.a.abs() + self.b.abs()}[coef]
+            cols = torch.arange(h, device=self.idx.device).repeat_interleave(self.idx.shape[1])
+            self._placed[key] = torch.sparse_coo_tensor(torch.stack([self.idx.reshape(-1), cols]), values.reshape(-1),
+                                                        key[1:2] + (h,), check_invariants=True).coalesce().to(gamma)
+        return torch.sparse.mm(self._placed[key], gamma.reshape(n * k, h).T).T.reshape(n, k, *shape)
 
     def per_neuron(self, gamma: Tensor, shape: tuple[int, ...]) -> Tensor:
         """Active-constraint weight of each neuron: sum_h gamma_h (|a_h| + |b_h|): (N, K, H) -> (N, K, *shape)."""
-        return self.spread(gamma, self.a.abs() + self.b.abs(), shape)
+        return self.spread(gamma, "abs", shape)
 
 
 class SplitDeepPoly(AlphaDeepPoly):
@@ -85,11 +95,11 @@ class SplitDeepPoly(AlphaDeepPoly):
         shape = self.net.shapes[relu]
         cons, gamma = self.constraints.get(relu), self.gamma.get(relu)
         if gamma is not None:
-            A = A + cons.spread(gamma, cons.b.to(A), shape)
+            A = A + cons.spread(gamma, "b", shape)
         self.coefficients[relu] = A.detach()
         A_x, const = super().relu_backward(start, relu, A)
         if gamma is not None:
-            A_x = A_x + cons.spread(gamma, cons.a.to(A), shape)
+            A_x = A_x + cons.spread(gamma, "a", shape)
             const = const + gamma @ cons.c.to(A)
         if relu in self.beta:
             A_x = A_x - self.beta[relu] * self.split[relu].unsqueeze(1)

@@ -139,7 +139,7 @@ def test_layer_constraints_spread_matches_dense_sum():
     cons = LayerConstraints(torch.tensor([[0, 2], [1, 2]]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
                             torch.tensor([[-1.0, 0.5], [0.0, -2.0]]), torch.tensor([0.1, 0.2]))
     gamma = torch.tensor([[[1.0, 10.0]]])
-    assert torch.allclose(cons.spread(gamma, cons.a, (3,)), torch.tensor([[[1.0, 30.0, 42.0]]]))
+    assert torch.allclose(cons.spread(gamma, "a", (3,)), torch.tensor([[[1.0, 30.0, 42.0]]]))
     assert torch.allclose(cons.per_neuron(gamma, (3,)), torch.tensor([[[2.0, 30.0, 62.5]]]))
 
 
