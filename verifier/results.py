@@ -46,12 +46,17 @@ def versions() -> dict[str, str]:
 
 
 def source_commit() -> str:
-    """The git commit of this source tree ('-dirty' with uncommitted changes to tracked files), or 'unknown'."""
+    """The git commit of this source tree, or 'unknown'.
+
+    '-dirty' marks uncommitted changes to tracked files other than benchmarks/results, which a benchmark
+    re-run rewrites in place without changing the code that produced it.
+    """
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)benchmarks/results"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -22,3 +22,34 @@ def test_source_commit_is_unknown_without_git(monkeypatch):
 
     monkeypatch.setattr(results.subprocess, "run", no_git)
     assert results.source_commit() == "unknown"
+
+
+def test_only_code_changes_make_the_commit_dirty(tmp_path):
+    """A benchmark re-run rewrites its results file in the tree; that is not a change of the code."""
+    import sys
+
+    import pytest
+
+    root = results.Path(results.__file__).parents[1]
+    tracked = subprocess.run(["git", "ls-files", "benchmarks/results"], capture_output=True, text=True, cwd=root)
+    if tracked.returncode != 0 or not tracked.stdout.split():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    # the clone runs this checkout's results.py, committed or not
+    (clone / "verifier" / "results.py").write_text((root / "verifier" / "results.py").read_text())
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "this results.py",
+                    "--allow-empty"],
+                   cwd=clone, check=True)
+
+    def commit_of_clone() -> str:
+        return subprocess.run([sys.executable, "-c", "from verifier.results import source_commit; "
+                               "print(source_commit())"], capture_output=True, text=True, cwd=clone,
+                              check=True).stdout.strip()
+
+    with open(clone / tracked.stdout.split()[0], "a") as f:
+        f.write("\n")
+    assert not commit_of_clone().endswith("-dirty")
+    with open(clone / "verifier" / "results.py", "a") as f:
+        f.write("\n")
+    assert commit_of_clone().endswith("-dirty")
