@@ -269,6 +269,11 @@ def run_bounds(args, kinds) -> dict | None:
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     results = []
     for name, net, lower, upper, C, names in networks(args):
+        try:
+            to_torch(net)
+        except ValueError as e:  # e.g. the AbsCert net's input quantiser (Floor)
+            print(f"peers: skipped {name}: {e}", file=sys.stderr)
+            continue
         result = compare_network(lirpa, name, net, lower, upper, C, names, kinds, dtype)
         result["summary"] = summarize_bounds(result, kinds)
         results.append(result)
