@@ -41,7 +41,7 @@ def versions() -> dict[str, str]:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             out[package] = "not installed"
-    out["nncert_commit"] = source_commit()
+    out["nncert_commit"] = _COMMIT_AT_START
     return out
 
 
@@ -61,6 +61,10 @@ def source_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
+
+
+# the code this process runs: taken when it starts, not when a long run writes its results (HEAD may move)
+_COMMIT_AT_START = source_commit()
 
 
 def sha256_of(path: str | os.PathLike) -> str:
