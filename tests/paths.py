@@ -37,3 +37,22 @@ def vnncomp_dir() -> Path | None:
         return Path(env) / "vnncomp"
     shared = _shared()
     return shared / "benchmarks" / "vnncomp" if shared and (shared / "benchmarks" / "vnncomp").is_dir() else None
+
+
+def mnist_fc_property(net: str, prop: str):
+    """VNN-COMP 2022 mnist_fc's ``mnist-net_{net}.onnx`` and ``{prop}.vnnlib`` as (OnnxModel, PropertyBatch);
+    skips the test when the benchmark is not available."""
+    import pytest
+
+    from verifier.onnx_import import load_onnx
+    from verifier.problems import vnnlib_instance
+    from verifier.spec import PropertyBatch
+    from verifier.vnnlib import parse_vnnlib
+
+    bench = vnncomp_dir()
+    if bench is None or not (bench / "2022_mnist_fc").is_dir():
+        pytest.skip("VNN-COMP benchmarks not available (set NNCERT_BENCHMARKS)")
+    folder = bench / "2022_mnist_fc"
+    model = load_onnx(folder / "onnx" / f"mnist-net_{net}.onnx")
+    props = parse_vnnlib(folder / "vnnlib" / f"{prop}.vnnlib", n_inputs=None, n_outputs=None)
+    return model, PropertyBatch.stack(vnnlib_instance(props, model.input_shape, model.output_size).props)

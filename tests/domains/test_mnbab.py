@@ -12,6 +12,7 @@ from domains.deeppoly import DeepPoly
 from domains.from_torch import network_from_torch
 from domains.milp import milp_verify
 from domains.mnbab import MNBaBConfig, mnbab_verify
+from tests.paths import mnist_fc_property
 from tests.random_nets import fc_model, random_network
 from verifier.spec import robustness_spec
 
@@ -173,19 +174,7 @@ def test_attack_runs_after_the_root_fails_and_before_branching():
 def test_multineuron_constraints_tighten_the_mnist_fc_root():
     """256x4 prop_8_0.03: gamma's learning rate decides whether the constraints help at all (at the slopes'
     0.1 the worst clause stayed at alpha's -1.014; at 0.001 it reaches -0.94)."""
-    from tests.paths import vnncomp_dir
-    from verifier.onnx_import import load_onnx
-    from verifier.problems import vnnlib_instance
-    from verifier.spec import PropertyBatch
-    from verifier.vnnlib import parse_vnnlib
-
-    bench = vnncomp_dir()
-    if bench is None or not (bench / "2022_mnist_fc").is_dir():
-        pytest.skip("VNN-COMP benchmarks not available (set NNCERT_BENCHMARKS)")
-    folder = bench / "2022_mnist_fc"
-    model = load_onnx(folder / "onnx" / "mnist-net_256x4.onnx")
-    props = parse_vnnlib(folder / "vnnlib" / "prop_8_0.03.vnnlib", n_inputs=None, n_outputs=None)
-    batch = PropertyBatch.stack(vnnlib_instance(props, model.input_shape, model.output_size).props)
+    model, batch = mnist_fc_property("256x4", "prop_8_0.03")
     margins = {}
     for multineuron in (False, True):
         result = mnbab_verify(model.network, batch.lower[0], batch.upper[0], batch.C[0], batch.d[0], batch.clause,

@@ -6,13 +6,9 @@ import pytest
 import torch
 
 from domains.from_torch import network_from_torch
-from tests.paths import vnncomp_dir
+from tests.paths import mnist_fc_property
 from tests.random_nets import fc_model
 from verifier.attack import output_diversified_start, pgd_attack
-from verifier.onnx_import import load_onnx
-from verifier.problems import vnnlib_instance
-from verifier.spec import PropertyBatch
-from verifier.vnnlib import parse_vnnlib
 
 
 def test_output_diversified_starts_lie_in_the_box_and_differ():
@@ -29,13 +25,7 @@ def test_output_diversified_starts_lie_in_the_box_and_differ():
 def test_finds_the_mnist_fc_counterexamples_that_uniform_restarts_miss(prop):
     """256x2's margin is flat around these properties' centres: 100 uniform restarts end at the same corner
     (margin 0.94), the counterexamples are other corners, reached from output-diversified starts."""
-    bench = vnncomp_dir()
-    if bench is None or not (bench / "2022_mnist_fc").is_dir():
-        pytest.skip("VNN-COMP benchmarks not available (set NNCERT_BENCHMARKS)")
-    folder = bench / "2022_mnist_fc"
-    model = load_onnx(folder / "onnx" / "mnist-net_256x2.onnx")
-    props = parse_vnnlib(folder / "vnnlib" / f"{prop}.vnnlib", n_inputs=None, n_outputs=None)
-    batch = PropertyBatch.stack(vnnlib_instance(props, model.input_shape, model.output_size).props)
+    model, batch = mnist_fc_property("256x2", prop)
     oracle = lambda x: torch.as_tensor(model.run(x.numpy()))  # noqa: E731
     found, x = pgd_attack(model.network, batch, oracle)
     assert found.all()
@@ -48,13 +38,7 @@ def test_mnbab_searches_harder_before_branching():
     from domains.mnbab import MNBaBConfig
     from verifier.registry import Options, verify_mnbab
 
-    bench = vnncomp_dir()
-    if bench is None or not (bench / "2022_mnist_fc").is_dir():
-        pytest.skip("VNN-COMP benchmarks not available (set NNCERT_BENCHMARKS)")
-    folder = bench / "2022_mnist_fc"
-    model = load_onnx(folder / "onnx" / "mnist-net_256x4.onnx")
-    props = parse_vnnlib(folder / "vnnlib" / "prop_8_0.05.vnnlib", n_inputs=None, n_outputs=None)
-    batch = PropertyBatch.stack(vnnlib_instance(props, model.input_shape, model.output_size).props)
+    model, batch = mnist_fc_property("256x4", "prop_8_0.05")
     options = Options(mnbab=MNBaBConfig(multineuron=False))
     verdict, = verify_mnbab(model.network, batch, time.monotonic() + 60, options)
     assert verdict.status == "falsified" and verdict.stats["stage"] == "attack"
