@@ -131,6 +131,10 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     mnbab.add_argument("--bab-batch-size", type=int, default=64, help="subproblems branched together")
     mnbab.add_argument("--branching", choices=("acs", "babsr"), default="babsr",
                        help="BaBSR or MN-BaB's active-constraint score")
+    mnbab.add_argument("--branching-candidates", type=int, default=BaBConfig.fsb_candidates, metavar="K",
+                       help="filtered smart branching: the top K neurons of each score are tried with a cheap "
+                            "bound of their children (1: split the best-scored neuron; default "
+                            f"{BaBConfig.fsb_candidates})")
     mnbab.add_argument("--bab-split", choices=("auto", "relu", "input"), default="auto",
                        help="branch on ReLUs or on the input box; auto: input for inputs of at most "
                             f"{INPUT_SPLIT_MAX_DIMS} dimensions (e.g. ACAS Xu), else ReLUs")
@@ -182,10 +186,11 @@ def device_of(name: str) -> torch.device:
 
 
 def options_from(args) -> Options:
-    if args.bab_batch_size < 1 or args.alpha_iterations < 0 or args.max_queue < 1:
-        raise UserError("--bab-batch-size and --max-queue must be >= 1 and --alpha-iterations >= 0")
+    if min(args.bab_batch_size, args.max_queue, args.branching_candidates) < 1 or args.alpha_iterations < 0:
+        raise UserError("--bab-batch-size, --max-queue and --branching-candidates must be >= 1 and "
+                        "--alpha-iterations >= 0")
     bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching, max_queue=args.max_queue,
-                    max_memory=args.max_memory)
+                    max_memory=args.max_memory, fsb_candidates=args.branching_candidates)
     mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
                         k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split,
                         input_bab_config=InputBaBConfig(max_memory=args.max_memory),

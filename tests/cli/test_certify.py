@@ -73,15 +73,16 @@ def test_inputs_all_domains_and_json_schema(tiny_model, tmp_path, capsys):
 
 
 def test_max_memory_reaches_branch_and_bound(tiny_model, tmp_path, capsys):
-    """--max-memory and --max-queue land in BaB's config (recorded in the results); the run completes."""
+    """--max-memory, --max-queue and --branching-candidates land in BaB's config (recorded in the results);
+    the run completes."""
     model, inputs, _ = tiny_model
     out_json = tmp_path / "r.json"
     code, _, err = run(capsys, model, "--inputs", inputs, "--eps", "2/255", "--domain", "mnbab", "--max-memory",
-                       "1.5K", "--max-queue", "100", "--json", out_json, "--quiet")
+                       "1.5K", "--max-queue", "100", "--branching-candidates", "2", "--json", out_json, "--quiet")
     assert code == 0, err
     data = json.loads(out_json.read_text())
     bab = data["meta"]["options"]["mnbab"]["bab_config"]
-    assert bab["max_queue"] == 100 and bab["max_memory"] == 1536
+    assert bab["max_queue"] == 100 and bab["max_memory"] == 1536 and bab["fsb_candidates"] == 2
     assert len(data["results"]) == 8
 
 
@@ -224,7 +225,7 @@ def _unsupported_model(path):
                                   "zero_threads", "zero_num", "resume_without_json", "clip_inverted",
                                   "mean_wrong_count", "std_zero", "device_bogus", "eps_text",
                                   "instances_start_past_end", "max_memory_unit", "max_memory_zero",
-                                  "max_queue_zero"])
+                                  "max_queue_zero", "branching_candidates_zero"])
 def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys):
     model, inputs, _ = tiny_model
     args = {
@@ -269,6 +270,7 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
         "max_memory_unit": [model, "--inputs", inputs, "--eps", "0.1", "--max-memory", "2X"],
         "max_memory_zero": [model, "--inputs", inputs, "--eps", "0.1", "--max-memory", "0G"],
         "max_queue_zero": [model, "--inputs", inputs, "--eps", "0.1", "--max-queue", "0"],
+        "branching_candidates_zero": [model, "--inputs", inputs, "--eps", "0.1", "--branching-candidates", "0"],
     }[case]
     if case == "cuda_missing" and torch.cuda.is_available() and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")

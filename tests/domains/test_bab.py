@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from domains.alpha import NeuronSlopes
-from domains.bab import BaBConfig, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
+from domains.bab import BaBConfig, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems, preactivation_bias
+from domains.network import Conv2d, Linear
 from domains.pool import Pool
 from tests.random_nets import random_network
 
@@ -80,28 +81,40 @@ def test_neuron_slopes_are_looked_up_by_neuron():
     assert known.flatten(1).tolist() == [[True, True, True, True], [True, False, True, False]]
 
 
+def _search_at_root(kind, seed, rows, config):
+    """A random net, its input box, a search for ``rows`` random rows (C y <= 20: never excluded) and its root."""
+    net, _, lower, upper, C = _box_and_rows(kind, seed, rows)
+    dp = SplitDeepPoly(net, lower, upper)
+    dp.optimize(C, iterations=5)
+    search = BranchAndBound(dp, C, torch.full((1, rows), 20.0), config,
+                            lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
+    params = dp.final_parameters()
+    pre = {r: net.nodes[r].inputs[0] for r in net.relu_nodes}
+    root = Subproblems(bounds={pre[r]: dp.bounds[pre[r]] for r in net.relu_nodes},
+                       split={r: torch.zeros(1, *net.shapes[r], dtype=torch.int8) for r in net.relu_nodes},
+                       alpha={r: params[("alpha", r)] for r in net.relu_nodes},
+                       beta={r: torch.zeros(1, rows, *net.shapes[r]) for r in net.relu_nodes}, gamma={},
+                       lower=torch.full((1, rows), -torch.inf), depth=torch.zeros(1, dtype=torch.long))
+    root, _, _ = search.bound(root, refine_from=len(net.nodes), iterations=0)
+    return net, lower, upper, search, root
+
+
+def _branch(search, sub, rounds):
+    """The feasible subproblems after ``rounds`` of splitting every subproblem."""
+    for _ in range(rounds):
+        sub, refine_from = search.branch(sub)
+        sub, feasible, _ = search.bound(sub, refine_from, iterations=2)
+        sub = sub.select(feasible)
+    return sub
+
+
 @pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
 @pytest.mark.parametrize("seed", range(3))
 def test_children_bounds_with_the_roots_slopes_are_sound(kind, seed):
     """Children's intermediate bounds, recomputed with the root's optimised slopes, hold on their regions."""
-    net, _, lower, upper, C = _box_and_rows(kind, seed, rows=1)
-    dp = SplitDeepPoly(net, lower, upper)
-    dp.optimize(C, iterations=5)
-    search = BranchAndBound(dp, C, torch.full((1, 1), 1e6), BaBConfig(iterations=2),
-                            lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
+    net, lower, upper, search, sub = _search_at_root(kind, seed, rows=1, config=BaBConfig(iterations=2))
     assert search.root_slopes
-    params = dp.final_parameters()
-    pre = {r: net.nodes[r].inputs[0] for r in net.relu_nodes}
-    sub = Subproblems(bounds={pre[r]: dp.bounds[pre[r]] for r in net.relu_nodes},
-                      split={r: torch.zeros(1, *net.shapes[r], dtype=torch.int8) for r in net.relu_nodes},
-                      alpha={r: params[("alpha", r)] for r in net.relu_nodes},
-                      beta={r: torch.zeros(1, 1, *net.shapes[r]) for r in net.relu_nodes}, gamma={},
-                      lower=torch.full((1, 1), -torch.inf), depth=torch.zeros(1, dtype=torch.long))
-    sub, _, _ = search.bound(sub, refine_from=len(net.nodes), iterations=0)
-    for _ in range(3):
-        sub, refine_from = search.branch(sub)
-        sub, feasible, _ = search.bound(sub, refine_from, iterations=2)
-        sub = sub.select(feasible)
+    sub = _branch(search, sub, rounds=3)
     checked = 0
     for i in range(len(sub)):
         points = _split_region_points(net, lower, upper, {r: s[i:i + 1] for r, s in sub.split.items()},
@@ -160,3 +173,42 @@ def test_pool_never_grows_beyond_its_capacity():
     pool.pop(2, depth_first=True)
     pool.push(_subproblems([-7.0, -8.0], [2, 2]))
     assert len(pool) == 5 and len(pool.valid) == 5
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
+def test_preactivation_bias_is_the_layers_bias(kind):
+    """BaBSR's bias term: a Linear's bias, a Conv2d's per-channel bias over every pixel, 0 for other ops."""
+    net, *_ = _box_and_rows(kind, 0, rows=1)
+    checked = 0
+    for r in net.relu_nodes:
+        node = net.nodes[r].inputs[0]
+        op = net.nodes[node].op
+        bias = preactivation_bias(net, node, torch.zeros(1))
+        assert bias.shape == net.shapes[node]
+        if isinstance(op, Linear):
+            assert torch.equal(bias, op.bias)
+            checked += 1
+        elif isinstance(op, Conv2d):
+            assert torch.equal(bias, op.bias[:, None, None].expand(net.shapes[node]))
+            checked += 1
+    assert checked > 0
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv"])
+def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind):
+    """With k candidates from each score, the split chosen is the one whose better child has the best quick
+    bound, judged candidate by candidate here."""
+    k = 3
+    *_, search, sub = _search_at_root(kind, 1, rows=2, config=BaBConfig(iterations=2, fsb_candidates=k))
+    sub = _branch(search, sub, rounds=2)
+    choice = search.decide(sub)
+    primary = torch.cat([sub.score[r] for r in search.relus], 1)
+    backup = torch.cat([sub.backup[r] for r in search.relus], 1)
+    for i in range(len(sub)):
+        one = sub.select(torch.tensor([i]))
+        candidates = {c for c in primary[i].topk(k).indices.tolist() + backup[i].topk(k).indices.tolist()
+                      if primary[i, c] >= 0}
+        better_child = {c: float(search.quick_margin(search.children(one, torch.tensor([c]))).max())
+                        for c in candidates}
+        assert int(choice[i]) in candidates
+        assert better_child[int(choice[i])] >= max(better_child.values()) - 1e-6
