@@ -8,7 +8,8 @@ the certify pipeline (clean check and PGD attack shared) with:
 - ``alpha+mn``: alpha plus multi-neuron constraints (k = 3), no BaB;
 - ``alpha+bab``: alpha and branch-and-bound without multi-neuron constraints (alpha-beta-CROWN-like);
 - ``mnbab (acs)``: everything, MN-BaB's active-constraint-score branching;
-- ``mnbab (babsr)``: everything, BaBSR branching.
+- ``mnbab (babsr)``: everything, BaBSR branching;
+- ``mnbab (babsr top-1)``: the same without filtered smart branching (the best-scored neuron is split).
 
     python benchmarks/ablation_mnbab.py --model ../shared/benchmarks/vnncomp/2022_mnist_fc/onnx/mnist-net_256x4.onnx
 
@@ -45,6 +46,7 @@ VARIANTS = {
     "alpha+bab": ("mnbab", MNBaBConfig(multineuron=False, bab=True)),
     "mnbab (acs)": ("mnbab", MNBaBConfig(bab_config=BaBConfig(branching="acs"))),
     "mnbab (babsr)": ("mnbab", MNBaBConfig(bab_config=BaBConfig(branching="babsr"))),
+    "mnbab (babsr top-1)": ("mnbab", MNBaBConfig(bab_config=BaBConfig(branching="babsr", fsb_candidates=1))),
 }
 
 

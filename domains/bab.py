@@ -282,10 +282,10 @@ class BranchAndBound:
             if self.config.branching == "acs" and r in dp.gamma:
                 active = dp.constraints[r].per_neuron(dp.gamma[r], self.net.shapes[r]).flatten(2).sum(1)
                 score = torch.where(active.amax(1, keepdim=True) > 1e-6, active, score)
-            # the offset also breaks ties (and decides when every other term vanishes)
-            width = offset.mean(1) + 1e-6 * (-lo * hi / (hi - lo).clamp_min(1e-12))
-            primary[r] = torch.where(unstable, score + 1e-6 * width, torch.full_like(score, -1.0))
-            backup[r] = torch.where(unstable, width, torch.full_like(score, -1.0))
+            # the offset (then the relaxation's width) also breaks ties, and decides when all else vanishes
+            offset_score = offset.mean(1) + 1e-6 * (-lo * hi / (hi - lo).clamp_min(1e-12))
+            primary[r] = torch.where(unstable, score + 1e-6 * offset_score, torch.full_like(score, -1.0))
+            backup[r] = torch.where(unstable, offset_score, torch.full_like(score, -1.0))
         return primary, backup
 
     # -- branching ---------------------------------------------------------------------------------
