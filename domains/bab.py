@@ -305,8 +305,12 @@ class BranchAndBound:
             return flat.argmax(1)
         backup = torch.cat([sub.backup[r] for r in self.relus], dim=1)
         top = torch.cat([flat.topk(k, dim=1).indices, backup.topk(k, dim=1).indices], 1)  # (N, 2k)
-        trials = self.children(sub.repeat(2 * k), top.T.reshape(-1))  # 2 * 2k * N, candidate-major
-        margin = self.quick_margin(trials).view(2, 2 * k, len(sub)).max(0).values  # (2k, N)
+        # a few candidates at a time: the trials take no more memory than a batch of children
+        margins, n = [], len(sub)
+        for chunk in top.T.split(max(1, self.config.batch_size // n)):  # (c, N) each
+            trials = self.children(sub.repeat(len(chunk)), chunk.reshape(-1))  # 2 * c * N, candidate-major
+            margins.append(self.quick_margin(trials).view(2, len(chunk), n).max(0).values)
+        margin = torch.cat(margins)  # (2k, N)
         valid = flat.gather(1, top).T >= 0  # candidates that really are unstable, unsplit neurons
         margin = torch.where(valid, margin, torch.full_like(margin, -torch.inf))
         return top.gather(1, margin.argmax(0, keepdim=True).T).squeeze(1)

@@ -202,12 +202,14 @@ def test_preactivation_bias_is_the_layers_bias(kind):
     assert checked > 0
 
 
+@pytest.mark.parametrize("batch_size", [1, 64], ids=["trials-in-chunks", "trials-at-once"])
 @pytest.mark.parametrize("kind", ["fc", "conv"])
-def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind):
+def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind, batch_size):
     """With k candidates from each score, the split chosen is the one whose better child has the best quick
     bound, judged candidate by candidate here."""
     k = 3
-    *_, search, root = _search_at_root(kind, 1, rows=2, config=BaBConfig(iterations=2, fsb_candidates=k))
+    config = BaBConfig(iterations=2, fsb_candidates=k, batch_size=batch_size)
+    *_, search, root = _search_at_root(kind, 1, rows=2, config=config)
     *_, sub = _rounds(search, root, rounds=2)
     sub = _branchable(sub)
     assert len(sub) > 0
