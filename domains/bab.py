@@ -141,6 +141,10 @@ class Subproblems(Batch):
     score: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) branching scores
     backup: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) second candidates' scores
 
+    def branchable(self) -> Tensor:
+        """Whether an unstable, unsplit neuron is left (N,); the others are solved exactly."""
+        return torch.cat(list(self.score.values()), 1).amax(1) >= 0
+
 
 @dataclass
 class BaBConfig:
@@ -235,11 +239,12 @@ class BranchAndBound:
             row_lower = torch.maximum(torch.maximum(row_lower, const + concretize(A_in, dp.lower, dp.upper)),
                                       sub.lower)
         params = dp.final_parameters()
+        score, backup = self.scores(dp)
         new = Subproblems(
             bounds={node: dp.bounds[node] for node in self.pre.values()}, split=sub.split,
             alpha={r: params[("alpha", r)] for r in self.relus if ("alpha", r) in params} or sub.alpha,
             beta={r: params[("beta", r)] for r in sub.beta}, gamma={r: params[("gamma", r)] for r in sub.gamma},
-            lower=row_lower, depth=sub.depth, **dict(zip(("score", "backup"), self.scores(dp))))
+            lower=row_lower, depth=sub.depth, score=score, backup=backup)
         return new, self.feasible(dp), candidates
 
     def feasible(self, dp: SplitDeepPoly) -> Tensor:
@@ -275,15 +280,16 @@ class BranchAndBound:
             lo, hi = (t.flatten(1) for t in dp.bounds[self.pre[r]])
             unstable = (lo < 0) & (hi > 0)
             A = dp.coefficients[r].flatten(2)  # (N, K, n)
-            slope = torch.where(unstable, hi / (hi - lo).clamp_min(1e-12), torch.zeros_like(lo)).unsqueeze(1)
-            offset = A.clamp(max=0) * slope * lo.unsqueeze(1)  # (N, K, n) >= 0
+            slope, intercept = (t.flatten(1) for t in dp.upper_lines[r])  # y <= slope x + intercept
+            offset = A.clamp(max=0).neg() * intercept.unsqueeze(1)  # (N, K, n) >= 0
+            slope = slope.unsqueeze(1)
             bias_A = A * self.bias[r]
             score = (offset + torch.minimum(bias_A * (1 - slope), -bias_A * slope)).abs().mean(1)
             if self.config.branching == "acs" and r in dp.gamma:
                 active = dp.constraints[r].per_neuron(dp.gamma[r], self.net.shapes[r]).flatten(2).sum(1)
                 score = torch.where(active.amax(1, keepdim=True) > 1e-6, active, score)
             # the offset (then the relaxation's width) also breaks ties, and decides when all else vanishes
-            offset_score = offset.mean(1) + 1e-6 * (-lo * hi / (hi - lo).clamp_min(1e-12))
+            offset_score = offset.mean(1) + 1e-6 * intercept
             primary[r] = torch.where(unstable, score + 1e-6 * offset_score, torch.full_like(score, -1.0))
             backup[r] = torch.where(unstable, offset_score, torch.full_like(score, -1.0))
         return primary, backup
@@ -315,11 +321,15 @@ class BranchAndBound:
         margin = torch.where(valid, margin, torch.full_like(margin, -torch.inf))
         return top.gather(1, margin.argmax(0, keepdim=True).T).squeeze(1)
 
+    def locate(self, sub: Subproblems, choice: Tensor) -> tuple[Tensor, Tensor]:
+        """Flat neuron indices over all ReLU layers (N,) as (position in ``self.relus``, index in its layer)."""
+        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.relus]], device=choice.device).cumsum(0)
+        layer = torch.searchsorted(offsets[1:], choice, right=True)
+        return layer, choice - offsets[layer]
+
     def children(self, sub: Subproblems, choice: Tensor) -> Subproblems:
         """Both children (inactive first, then active) of each subproblem splitting neuron ``choice`` (N,)."""
-        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.relus]], device=choice.device).cumsum(0)
-        layer = torch.searchsorted(offsets[1:], choice, right=True).repeat(2)  # index into self.relus
-        index = (choice - offsets[layer[:len(sub)]]).repeat(2)
+        layer, index = (t.repeat(2) for t in self.locate(sub, choice))
         n = len(sub)
         sign = torch.cat([-torch.ones(n, dtype=torch.int8), torch.ones(n, dtype=torch.int8)]).to(choice.device)
         out = sub.repeat(2)
@@ -342,8 +352,7 @@ class BranchAndBound:
     def branch(self, sub: Subproblems) -> tuple[Subproblems, int]:
         """Two children per subproblem; also returns the first node whose bounds may change."""
         choice = self.decide(sub)
-        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.relus]], device=choice.device).cumsum(0)
-        layers = torch.searchsorted(offsets[1:], choice, right=True).unique().tolist()
+        layers = self.locate(sub, choice)[0].unique().tolist()
         return self.children(sub, choice), min(self.pre[self.relus[li]] for li in layers) + 1
 
 
@@ -365,7 +374,7 @@ class BranchAndBound:
             batch = queue.take(self.config.batch_size, self.config.max_queue)
             if int(batch.depth.max()) >= self.config.max_depth:
                 return BaBResult("unknown", stats=self.stats)
-            branchable = torch.cat(list(batch.score.values()), 1).amax(1) >= 0
+            branchable = batch.branchable()
             if not bool(branchable.all()):
                 leaf = self.solve_leaves(batch.select(~branchable))
                 if leaf is not None:

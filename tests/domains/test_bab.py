@@ -99,15 +99,10 @@ def _search_at_root(kind, seed, rows, config):
     return net, lower, upper, search, root
 
 
-def _branchable(sub):
-    """The subproblems with an unstable neuron left (the search solves the others exactly)."""
-    return sub.select(torch.cat(list(sub.score.values()), 1).amax(1) >= 0)
-
-
 def _rounds(search, sub, rounds):
     """The feasible children after each of ``rounds`` rounds of splitting every subproblem that can be split."""
     for _ in range(rounds):
-        sub = _branchable(sub)
+        sub = sub.select(sub.branchable())
         if len(sub) == 0:
             return
         sub, refine_from = search.branch(sub)
@@ -211,7 +206,7 @@ def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind, 
     config = BaBConfig(iterations=2, fsb_candidates=k, batch_size=batch_size)
     *_, search, root = _search_at_root(kind, 1, rows=2, config=config)
     *_, sub = _rounds(search, root, rounds=2)
-    sub = _branchable(sub)
+    sub = sub.select(sub.branchable())
     assert len(sub) > 0
     choice = search.decide(sub)
     primary = torch.cat([sub.score[r] for r in search.relus], 1)
