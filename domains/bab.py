@@ -324,7 +324,7 @@ class BranchAndBound:
     def locate(self, sub: Subproblems, choice: Tensor) -> tuple[Tensor, Tensor]:
         """Flat neuron indices over all ReLU layers (N,) as (position in ``self.relus``, index in its layer)."""
         offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.relus]], device=choice.device).cumsum(0)
-        layer = torch.searchsorted(offsets[1:], choice, right=True)
+        layer = torch.searchsorted(offsets[1:], choice.contiguous(), right=True)
         return layer, choice - offsets[layer]
 
     def children(self, sub: Subproblems, choice: Tensor) -> Subproblems:
