@@ -126,7 +126,8 @@ class AlphaDeepPoly(DeepPoly):
     # -- optimisation -------------------------------------------------------------------------------
 
     def optimize(self, C: Tensor, iterations: int = 20, lr: float = 0.1, intermediate: bool = True,
-                 done: Callable[[Tensor], bool] | None = None, lr_of: dict[str, float] | None = None) -> Tensor:
+                 done: Callable[[Tensor], bool] | None = None, lr_of: dict[str, float] | None = None,
+                 keep_best: bool = True) -> Tensor:
         """Maximise the lower bounds of ``C y`` over the multipliers; returns the best bounds (N, K).
 
         With ``intermediate`` the slopes of the refined intermediate bounds are
@@ -134,7 +135,8 @@ class AlphaDeepPoly(DeepPoly):
         current intermediate bounds stay fixed and only the final bound's
         multipliers move. The run ends early once ``done(best bounds)``.
         Afterwards ``self.bounds`` holds the tightest
-        intermediate bounds seen and the final multipliers are the best per row.
+        intermediate bounds seen and the final multipliers are the best per row
+        (without ``keep_best``: where the last step left them, a start for more steps).
         ``lr`` is the slopes' learning rate; ``lr_of`` sets it per kind of final
         multiplier ("beta", "gamma": Adam moves every entry by about its learning
         rate per step, so multipliers whose useful values are far below 1 need a
@@ -172,7 +174,8 @@ class AlphaDeepPoly(DeepPoly):
                     self.project()
         self.create_alpha = False
         self.alpha = {key: a.detach() for key, a in self.alpha.items()}
-        self.set_final_parameters(best_params)
+        if keep_best:
+            self.set_final_parameters(best_params)
         if intermediate:
             self.compute_intermediate_bounds(known=best_bounds, refine_from=len(self.net.nodes))
         return torch.maximum(best, self.bound(C).detach())

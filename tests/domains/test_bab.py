@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from torch import nn
 
 from domains.alpha import NeuronSlopes
 from domains.bab import BaBConfig, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems, preactivation_bias
+from domains.from_torch import network_from_torch
 from domains.network import Conv2d, Linear
 from domains.pool import Pool
 from tests.random_nets import random_network
@@ -71,6 +73,40 @@ def test_split_bound_with_any_multipliers_is_sound(kind, seed):
         values = torch.einsum("kj,pj->kp", C[0], net(points)).min(1).values
     assert (bound[0] <= values + 1e-5).all()
 
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_children_carry_the_optimisation_on_across_generations(keep_best, monkeypatch):
+    """z = (x - 0.1, -x - 0.1), both split active: no x has both, the region is empty and any bound holds
+    there. The dual bound -0.2 + 0.1 (b_1 + b_2) - |b_1 - b_2| stays below the box bound 0 until b > 1: a
+    10-step run at 0.05 from zero never beats where it started, so children that restarted from the best
+    multipliers would stay there; children that carry on from the last step prove it within a few."""
+    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model[0].bias.fill_(-0.1)
+        model[2].weight.fill_(1.0)
+        model[2].bias.zero_()
+    net = network_from_torch(model.requires_grad_(False), (1,))
+    dp = SplitDeepPoly(net, -torch.ones(1, 1), torch.ones(1, 1))
+    dp.compute_intermediate_bounds()
+    relu = net.relu_nodes[0]
+    search = BranchAndBound(dp, torch.ones(1, 1, 1), torch.zeros(1, 1), BaBConfig(iterations=10, lr_beta=0.05),
+                            lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
+    lo, hi = dp.bounds[1]
+    sub = Subproblems(bounds={1: (lo.clamp(min=0.0), hi)}, split={relu: torch.ones(1, 2, dtype=torch.int8)},
+                      alpha={}, beta={relu: torch.zeros(1, 1, 2)}, gamma={}, lower=torch.full((1, 1), -torch.inf),
+                      depth=torch.full((1,), 2))
+    if keep_best:  # what children inherited before: the best multipliers
+        optimize = SplitDeepPoly.optimize
+        monkeypatch.setattr(SplitDeepPoly, "optimize",
+                            lambda self, *a, **kw: optimize(self, *a, **{**kw, "keep_best": True}))
+    margins = []
+    for _ in range(5):  # generations: each child starts from what its parent passes on
+        sub, feasible, _ = search.bound(sub, len(net.nodes), search.config.iterations)
+        margins.append(sub.lower.item())
+    assert feasible.all() and margins[0] == 0.0  # the box bound; the first run does not beat it
+    assert (margins[-1] > 0.0) != keep_best
 
 
 def test_neuron_slopes_are_looked_up_by_neuron():
