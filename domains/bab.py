@@ -40,6 +40,7 @@ from torch import Tensor
 from domains.alpha import AlphaDeepPoly, NeuronSlopes, stop_by
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
+from domains.milp import CERTIFY_TOL, SplitLP
 from domains.pgd import pgd_maximize
 from domains.pool import Batch, Pool
 
@@ -170,6 +171,14 @@ class BaBConfig:
     fsb_candidates: int = 5
     attack_seeds: int = 8  # per batch, bound minimisers refined by PGD into counterexample candidates
     attack_steps: int = 10
+    # per batch, up to lp_checks open children whose bound did not rise above their parent's (worst first) are
+    # checked by the LP relaxation of the MILP encoding with their splits fixed (domains.milp.SplitLP; 0: never),
+    # each for at most lp_time s, while the checks have taken at most lp_share of the search's time; only for
+    # networks of at most lp_max_neurons ReLUs (the encoding is built once per clause)
+    lp_checks: int = 4
+    lp_share: float = 0.25
+    lp_time: float = 2.0
+    lp_max_neurons: int = 20000
 
 
 def preactivation_bias(net, node: int, like: Tensor) -> Tensor:
@@ -205,6 +214,8 @@ class BranchAndBound:
         self.pre = {r: root.net.nodes[r].inputs[0] for r in self.relus}
         self.stats = {"subproblems": 0, "batches": 0, "max_queue": 0, "pruned_infeasible": 0}
         self.root_slopes = NeuronSlopes.of(root)
+        self.lp: SplitLP | None = None  # built on first use
+        self.started, self.lp_seconds = time.monotonic(), 0.0
         self.bias = {r: preactivation_bias(self.net, self.pre[r], root.lower).flatten() for r in self.relus}
 
     # -- bounding ---------------------------------------------------------------------------------
@@ -392,13 +403,14 @@ class BranchAndBound:
             children, refine_from = self.branch(batch)
             if not self.config.recompute_intermediate:
                 refine_from = len(self.net.nodes)
+            inherited = (children.lower - self.d).max(1).values  # the parents' margins
             children, feasible, candidates = self.bound(children, refine_from, self.config.iterations)
             self.stats["subproblems"] += len(children)
             self.stats["batches"] += 1
             found = self.check(candidates, feasible)
             if found is not None:
                 return BaBResult("falsified", found, self.stats)
-            margin = (children.lower - self.d).max(1).values
+            margin = self.lp_check(children, feasible, (children.lower - self.d).max(1).values, inherited)
             self.stats["pruned_infeasible"] += int((~feasible).sum())
             keep = feasible & (margin <= 0)
             if int(keep.sum()) > queue.room():
@@ -407,6 +419,41 @@ class BranchAndBound:
             if bool(keep.any()):
                 queue.push(children.select(keep))
         return BaBResult("certified", stats=self.stats)
+
+    def lp_check(self, children: Subproblems, feasible: Tensor, margin: Tensor, inherited: Tensor) -> Tensor:
+        """Clause margins (N,), raised to the LP bound for up to ``lp_checks`` open children that did not improve
+        on their parent, worst first (+inf for an empty region).
+
+        Such children are typically empty regions whose back-substituted bound
+        cannot show it (their parent's bound carries over, so the search
+        would split them on): on mnist_fc 256x4 prop_10_0.05 every sampled one
+        was, and the LP says so in tens of milliseconds.
+        """
+        n_relu = sum(math.prod(self.net.shapes[r]) for r in self.relus)
+        if self.config.lp_checks <= 0 or n_relu > self.config.lp_max_neurons:
+            return margin
+        flat = torch.nonzero(feasible & (margin <= 0) & (margin <= inherited)).flatten()
+        flat = flat[margin[flat].argsort()][:self.config.lp_checks]
+        if len(flat) == 0:
+            return margin
+        if self.lp is None:
+            self.lp = SplitLP(self.net, self.root.lower[0], self.root.upper[0],
+                              {node: self.root.bounds[node] for node in self.pre.values()}, self.C[0], self.d[0])
+        margin = margin.clone()
+        for i in flat.tolist():
+            now = time.monotonic()
+            left = self.deadline - now
+            if left <= 0 or self.lp_seconds > self.config.lp_share * (now - self.started):
+                break
+            split = {self.pre[r]: s[i].flatten().cpu().numpy() for r, s in children.split.items()}
+            bounds = {node: (lo[i].flatten().double().cpu().numpy(), hi[i].flatten().double().cpu().numpy())
+                      for node, (lo, hi) in children.bounds.items()}
+            bound = self.lp.margin(split, bounds, min(self.config.lp_time, left))
+            self.lp_seconds += time.monotonic() - now
+            margin[i] = max(float(margin[i]), bound if bound > CERTIFY_TOL else -math.inf)
+            self.stats["lp_checks"] = self.stats.get("lp_checks", 0) + 1
+            self.stats["lp_pruned"] = self.stats.get("lp_pruned", 0) + int(bound > CERTIFY_TOL)
+        return margin
 
     def solve_leaves(self, leaves: Subproblems) -> BaBResult | None:
         """Fully split subproblems are LPs (no unstable ReLU left): solve them exactly.
