@@ -135,6 +135,10 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
                        help="filtered smart branching: the top K neurons of each score are tried with a cheap "
                             "bound of their children (1: split the best-scored neuron; default "
                             f"{BaBConfig.fsb_candidates})")
+    mnbab.add_argument("--lp-checks", type=int, default=BaBConfig.lp_checks, metavar="N",
+                       help="per batch, check up to N children whose bound did not rise above their parent's by "
+                            "the LP relaxation of the MILP encoding (HiGHS), pruning empty regions (0: off; default "
+                            f"{BaBConfig.lp_checks})")
     mnbab.add_argument("--bab-split", choices=("auto", "relu", "input"), default="auto",
                        help="branch on ReLUs or on the input box; auto: input for inputs of at most "
                             f"{INPUT_SPLIT_MAX_DIMS} dimensions (e.g. ACAS Xu), else ReLUs")
@@ -186,11 +190,12 @@ def device_of(name: str) -> torch.device:
 
 
 def options_from(args) -> Options:
-    if min(args.bab_batch_size, args.max_queue, args.branching_candidates) < 1 or args.alpha_iterations < 0:
+    if (min(args.bab_batch_size, args.max_queue, args.branching_candidates) < 1
+            or min(args.alpha_iterations, args.lp_checks) < 0):
         raise UserError("--bab-batch-size, --max-queue and --branching-candidates must be >= 1 and "
-                        "--alpha-iterations >= 0")
+                        "--alpha-iterations and --lp-checks >= 0")
     bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching, max_queue=args.max_queue,
-                    max_memory=args.max_memory, fsb_candidates=args.branching_candidates)
+                    max_memory=args.max_memory, fsb_candidates=args.branching_candidates, lp_checks=args.lp_checks)
     mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
                         k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split,
                         input_bab_config=InputBaBConfig(max_memory=args.max_memory),

@@ -7,6 +7,7 @@ from torch import nn
 from domains.alpha import NeuronSlopes
 from domains.bab import BaBConfig, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems, preactivation_bias
 from domains.from_torch import network_from_torch
+from domains.milp import SplitLP
 from domains.network import Conv2d, Linear
 from domains.pool import Pool
 from tests.random_nets import random_network
@@ -107,6 +108,65 @@ def test_children_carry_the_optimisation_on_across_generations(keep_best, monkey
         margins.append(sub.lower.item())
     assert feasible.all() and margins[0] == 0.0  # the box bound; the first run does not beat it
     assert (margins[-1] > 0.0) != keep_best
+
+
+def _lp_inputs(sub, i, search):
+    split = {search.pre[r]: t[i].flatten().numpy() for r, t in sub.split.items()}
+    bounds = {node: (lo[i].flatten().double().numpy(), hi[i].flatten().double().numpy())
+              for node, (lo, hi) in sub.bounds.items()}
+    return split, bounds
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
+@pytest.mark.parametrize("seed", range(3))
+def test_split_lp_bounds_hold_on_children(kind, seed):
+    """The LP of the encoding with a child's splits fixed never exceeds the clause margin at a point of the
+    child's region, and calls a region empty only where no sampled point lies."""
+    net, lower, upper, search, root = _search_at_root(kind, seed, rows=1, config=BaBConfig(iterations=2))
+    lp = SplitLP(net, lower[0], upper[0], root.bounds, search.C[0], search.d[0])
+    checked = 0
+    for sub in _rounds(search, root, rounds=3):
+        for i in range(len(sub)):
+            bound = lp.margin(*_lp_inputs(sub, i, search), time_limit=60.0)
+            points = _split_region_points(net, lower, upper, {r: t[i:i + 1] for r, t in sub.split.items()},
+                                          n=4000, seed=i)
+            if bound == float("inf"):
+                assert len(points) == 0
+            if len(points) == 0:
+                continue
+            with torch.no_grad():
+                margin = (net(points).reshape(len(points), -1) @ search.C[0].reshape(1, -1).T - search.d[0]).amax(1)
+            assert (margin >= bound - 1e-5).all()
+            checked += len(points)
+    assert checked > 0
+
+
+def test_split_lp_finds_the_empty_region_the_dual_bound_misses():
+    """z = (x - 0.1, -x - 0.1), both split active: no x has both. The LP says so at once, and the search prunes
+    the child in its first generation, where the back-substituted bound stays at the box bound 0."""
+    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model[0].bias.fill_(-0.1)
+        model[2].weight.fill_(1.0)
+        model[2].bias.zero_()
+    net = network_from_torch(model.requires_grad_(False), (1,))
+    dp = SplitDeepPoly(net, -torch.ones(1, 1), torch.ones(1, 1))
+    dp.compute_intermediate_bounds()
+    relu = net.relu_nodes[0]
+    search = BranchAndBound(dp, torch.ones(1, 1, 1), torch.zeros(1, 1), BaBConfig(iterations=1, lp_checks=4),
+                            lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
+    lo, hi = dp.bounds[1]
+    sub = Subproblems(bounds={1: (lo.clamp(min=0.0), hi)}, split={relu: torch.ones(1, 2, dtype=torch.int8)},
+                      alpha={}, beta={relu: torch.zeros(1, 1, 2)}, gamma={}, lower=torch.zeros(1, 1),
+                      depth=torch.full((1,), 2))
+    sub, feasible, _ = search.bound(sub, len(net.nodes), search.config.iterations)
+    margin = (sub.lower - search.d).max(1).values
+    assert feasible.all() and margin.item() == 0.0
+    assert search.lp_check(sub, feasible, margin, inherited=torch.zeros(1)).item() == float("inf")
+    assert search.stats["lp_pruned"] == 1
+    off = BranchAndBound(dp, search.C, search.d, BaBConfig(lp_checks=0), search.is_counterexample, float("inf"))
+    assert off.lp_check(sub, feasible, margin, inherited=torch.zeros(1)).item() == 0.0
 
 
 def test_neuron_slopes_are_looked_up_by_neuron():
