@@ -76,12 +76,9 @@ def test_split_bound_with_any_multipliers_is_sound(kind, seed):
 
 
 
-@pytest.mark.parametrize("keep_best", [False, True])
-def test_children_carry_the_optimisation_on_across_generations(keep_best, monkeypatch):
-    """z = (x - 0.1, -x - 0.1), both split active: no x has both, the region is empty and any bound holds
-    there. The dual bound -0.2 + 0.1 (b_1 + b_2) - |b_1 - b_2| stays below the box bound 0 until b > 1: a
-    10-step run at 0.05 from zero never beats where it started, so children that restarted from the best
-    multipliers would stay there; children that carry on from the last step prove it within a few."""
+def _empty_region_search(config):
+    """z = (x - 0.1, -x - 0.1) on x in [-1, 1], y = z_1 + z_2, and the subproblem with both neurons split
+    active: no x has both, the region is empty. Returns the net, the search for y <= 0 and the subproblem."""
     model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1))
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
@@ -92,12 +89,22 @@ def test_children_carry_the_optimisation_on_across_generations(keep_best, monkey
     dp = SplitDeepPoly(net, -torch.ones(1, 1), torch.ones(1, 1))
     dp.compute_intermediate_bounds()
     relu = net.relu_nodes[0]
-    search = BranchAndBound(dp, torch.ones(1, 1, 1), torch.zeros(1, 1), BaBConfig(iterations=10, lr_beta=0.05),
+    search = BranchAndBound(dp, torch.ones(1, 1, 1), torch.zeros(1, 1), config,
                             lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
     lo, hi = dp.bounds[1]
     sub = Subproblems(bounds={1: (lo.clamp(min=0.0), hi)}, split={relu: torch.ones(1, 2, dtype=torch.int8)},
-                      alpha={}, beta={relu: torch.zeros(1, 1, 2)}, gamma={}, lower=torch.full((1, 1), -torch.inf),
+                      alpha={}, beta={relu: torch.zeros(1, 1, 2)}, gamma={}, lower=torch.zeros(1, 1),
                       depth=torch.full((1,), 2))
+    return net, search, sub
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_children_carry_the_optimisation_on_across_generations(keep_best, monkeypatch):
+    """z = (x - 0.1, -x - 0.1), both split active: no x has both, the region is empty and any bound holds
+    there. The dual bound -0.2 + 0.1 (b_1 + b_2) - |b_1 - b_2| stays below the box bound 0 until b > 1: a
+    10-step run at 0.05 from zero never beats where it started, so children that restarted from the best
+    multipliers would stay there; children that carry on from the last step prove it within a few."""
+    net, search, sub = _empty_region_search(BaBConfig(iterations=10, lr_beta=0.05))
     if keep_best:  # what children inherited before: the best multipliers
         optimize = SplitDeepPoly.optimize
         monkeypatch.setattr(SplitDeepPoly, "optimize",
@@ -144,28 +151,14 @@ def test_split_lp_bounds_hold_on_children(kind, seed):
 def test_split_lp_finds_the_empty_region_the_dual_bound_misses():
     """z = (x - 0.1, -x - 0.1), both split active: no x has both. The LP says so at once, and the search prunes
     the child in its first generation, where the back-substituted bound stays at the box bound 0."""
-    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
-        model[0].bias.fill_(-0.1)
-        model[2].weight.fill_(1.0)
-        model[2].bias.zero_()
-    net = network_from_torch(model.requires_grad_(False), (1,))
-    dp = SplitDeepPoly(net, -torch.ones(1, 1), torch.ones(1, 1))
-    dp.compute_intermediate_bounds()
-    relu = net.relu_nodes[0]
-    search = BranchAndBound(dp, torch.ones(1, 1, 1), torch.zeros(1, 1), BaBConfig(iterations=1, lp_checks=4),
-                            lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
-    lo, hi = dp.bounds[1]
-    sub = Subproblems(bounds={1: (lo.clamp(min=0.0), hi)}, split={relu: torch.ones(1, 2, dtype=torch.int8)},
-                      alpha={}, beta={relu: torch.zeros(1, 1, 2)}, gamma={}, lower=torch.zeros(1, 1),
-                      depth=torch.full((1,), 2))
+    net, search, sub = _empty_region_search(BaBConfig(iterations=1, lp_checks=4))
     sub, feasible, _ = search.bound(sub, len(net.nodes), search.config.iterations)
     margin = (sub.lower - search.d).max(1).values
     assert feasible.all() and margin.item() == 0.0
     assert search.lp_check(sub, feasible, margin, inherited=torch.zeros(1)).item() == float("inf")
     assert search.stats["lp_pruned"] == 1
-    off = BranchAndBound(dp, search.C, search.d, BaBConfig(lp_checks=0), search.is_counterexample, float("inf"))
+    off = BranchAndBound(search.root, search.C, search.d, BaBConfig(lp_checks=0), search.is_counterexample,
+                         float("inf"))
     assert off.lp_check(sub, feasible, margin, inherited=torch.zeros(1)).item() == 0.0
 
 
