@@ -54,7 +54,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import highspy
 import numpy as np
@@ -301,8 +301,8 @@ def _encode(net: Network, lower: Tensor, upper: Tensor, known: dict | None = Non
     for i, node in enumerate(net.nodes[1:], start=1):
         if isinstance(node.op, ReLU):
             pre = node.inputs[0]
-            y, *relus[i] = _encode_relu(builder, exprs[pre], *_widened(dp.bounds[pre]))
-            exprs[i] = (y, np.zeros(len(exprs[pre][1])))
+            y, z, phase = _encode_relu(builder, exprs[pre], *_widened(dp.bounds[pre]))
+            exprs[i], relus[i] = (y, np.zeros(len(exprs[pre][1]))), (z, phase)
             continue
         if isinstance(node.op, Floor):
             pre = node.inputs[0]
@@ -472,28 +472,27 @@ class SplitLP:
         C (r, n_out), d (r,): the clause's rows."""
         encoding = _encode(_float64_copy(net), lower, upper, bounds)
         p = encoding.clause(C.detach().double().cpu().numpy(), d.detach().double().cpu().numpy())
-        self.base = _Problem(p.A, p.rhs, p.equality, p.col_lower, p.col_upper, np.zeros_like(p.integer), p.cost,
-                             p.n_inputs)
+        self.base = replace(p, integer=np.zeros_like(p.integer))
         self.vars = {net.nodes[r].inputs[0]: v for r, v in encoding.relus.items()}  # pre-activation node -> (z, a)
 
-    def margin(self, split: dict[int, np.ndarray], bounds: dict[int, tuple[np.ndarray, np.ndarray]],
+    def margin(self, split: dict[int, np.ndarray], bounds: dict[int, tuple[Tensor, Tensor]],
                time_limit: float) -> float:
         """LP lower bound of the clause margin on one subproblem; -inf when the LP is not solved in time.
 
-        split: pre-activation node -> (n,) in {-1, 0, +1}; bounds: pre-activation node -> (lo, hi) (n,) each.
+        split: pre-activation node -> (n,) in {-1, 0, +1}; bounds: pre-activation node -> (lo, hi) (*s) each, on
+        the CPU.
         """
         col_lower, col_upper = self.base.col_lower.copy(), self.base.col_upper.copy()
         for node, (z, a) in self.vars.items():
-            lo, hi = _widened(tuple(torch.as_tensor(b) for b in bounds[node]))
+            lo, hi = _widened(bounds[node])
             col_lower[z], col_upper[z] = np.maximum(col_lower[z], lo), np.minimum(col_upper[z], hi)
             fixed = (split[node] != 0) & (a >= 0)
             col_lower[a[fixed]] = col_upper[a[fixed]] = (split[node][fixed] > 0).astype(np.float64)
         if (col_lower > col_upper).any():
             return math.inf
-        p = _Problem(self.base.A, self.base.rhs, self.base.equality, col_lower, col_upper, self.base.integer,
-                     self.base.cost, self.base.n_inputs)
         try:
-            solution = _solve_highs(p, time_limit, False, self.OPTIONS)
+            solution = _solve_highs(replace(self.base, col_lower=col_lower, col_upper=col_upper), time_limit, False,
+                                    self.OPTIONS)
         except RuntimeError:  # e.g. "unbounded or infeasible" from presolve: no verdict
             return -math.inf
         return -math.inf if solution.timed_out else solution.lower

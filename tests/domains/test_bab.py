@@ -93,7 +93,7 @@ def _empty_region_search(config):
                             lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
     lo, hi = dp.bounds[1]
     sub = Subproblems(bounds={1: (lo.clamp(min=0.0), hi)}, split={relu: torch.ones(1, 2, dtype=torch.int8)},
-                      alpha={}, beta={relu: torch.zeros(1, 1, 2)}, gamma={}, lower=torch.zeros(1, 1),
+                      alpha={}, beta={relu: torch.zeros(1, 1, 2)}, gamma={}, lower=torch.full((1, 1), -torch.inf),
                       depth=torch.full((1,), 2))
     return net, search, sub
 
@@ -119,8 +119,7 @@ def test_children_carry_the_optimisation_on_across_generations(keep_best, monkey
 
 def _lp_inputs(sub, i, search):
     split = {search.pre[r]: t[i].flatten().numpy() for r, t in sub.split.items()}
-    bounds = {node: (lo[i].flatten().double().numpy(), hi[i].flatten().double().numpy())
-              for node, (lo, hi) in sub.bounds.items()}
+    bounds = {node: (lo[i], hi[i]) for node, (lo, hi) in sub.bounds.items()}
     return split, bounds
 
 
