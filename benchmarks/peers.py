@@ -451,6 +451,20 @@ def complete_table(data: dict) -> list[str]:
         s = data[tool]
         lines.append(f"| {name} | {s['n']} | {s['unsat']} | {s['sat']} | {s['timeout']} | {s['unknown']} | "
                      f"{s['median_s']:.2f} | {s['total_s']:.1f} | {s['wall_s']:.0f} |")
+    networks = sorted({row["instance"].split("__")[0] for row in data["rows"]})
+    if len(networks) > 1:
+        lines += ["", "| network | tool | unsat | sat | timeout | unknown | median s | total s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for net in networks:
+            rows = [row for row in data["rows"] if row["instance"].startswith(net + "__")]
+            for tool, name in (("ours", "nncert mnbab"), ("abcrown", "alpha-beta-CROWN")):
+                s = tally([row[tool] for row in rows], 0.0)
+                lines.append(f"| {net} | {name} | {s['unsat']} | {s['sat']} | {s['timeout']} | {s['unknown']} | "
+                             f"{s['median_s']:.2f} | {s['total_s']:.1f} |")
+    for tool, other, name in (("ours", "abcrown", "nncert mnbab"), ("abcrown", "ours", "alpha-beta-CROWN")):
+        only = [row["instance"] for row in data["rows"]
+                if row[tool]["result"] in ("sat", "unsat") and row[other]["result"] not in ("sat", "unsat")]
+        lines += ["", f"Decided by {name} only: {', '.join(only) or 'none'}."]
     lines += ["", f"Contradictions with reference_results.csv: {data['contradictions'] or 'none'}."]
     return lines
 
