@@ -1,4 +1,5 @@
-"""Concrete witnesses for soundness tests: the smallest value of C y found by sampling, corners and PGD."""
+"""Concrete witnesses for soundness tests: node values at sampled points and corners, and the smallest value
+of C y found by sampling, corners and PGD."""
 
 from __future__ import annotations
 
@@ -11,16 +12,11 @@ from domains.network import Network
 from domains.pgd import pgd_maximize
 
 
-def concrete_minimum(net: Network, lower: Tensor, upper: Tensor, C: Tensor, samples: int = 512,
-                     seed: int = 0) -> Tensor:
-    """Smallest C y over random points, box corners and PGD points: (N, K).
+def box_points(lower: Tensor, upper: Tensor, samples: int, g: torch.Generator) -> Tensor:
+    """Random points and corners of each box: lower, upper (N, *in) -> (N, P, *in).
 
-    lower, upper (N, *in), C (N, K, n_out). All corners are used for inputs of
-    at most 10 dimensions, random corners otherwise. A sound lower bound must
-    never exceed this.
+    All corners for inputs of at most 10 dimensions, ``samples`` random ones otherwise.
     """
-    g = torch.Generator().manual_seed(seed)
-    n, k = C.shape[:2]
     shape = lower.shape[1:]
     dim = lower[0].numel()
     if dim <= 10:
@@ -28,9 +24,31 @@ def concrete_minimum(net: Network, lower: Tensor, upper: Tensor, C: Tensor, samp
     else:
         corners = (torch.rand(samples, *shape, generator=g) < 0.5).float()
     mix = torch.cat([torch.rand(samples, *shape, generator=g), corners])  # (P, *in) in [0, 1]
-    points = lower.unsqueeze(1) + (upper - lower).unsqueeze(1) * mix  # (N, P, *in)
+    return lower.unsqueeze(1) + (upper - lower).unsqueeze(1) * mix
+
+
+def assert_node_bounds_hold(net: Network, bounds: dict, lower: Tensor, upper: Tensor, samples: int = 512,
+                            seed: int = 0, tol: float = 1e-5) -> None:
+    """Every node's value at random points and corners of each box lies in its bounds (N, *s_i) each."""
+    points = box_points(lower, upper, samples, torch.Generator().manual_seed(seed))  # (N, P, *in)
     with torch.no_grad():
-        y = net(points.reshape(-1, *shape)).reshape(n, len(mix), -1)
+        values = net(points.flatten(0, 1), return_all=True)
+    for node, (lo, hi) in bounds.items():
+        v = values[node].reshape(*points.shape[:2], *lo.shape[1:])
+        assert (v >= lo.unsqueeze(1) - tol).all() and (v <= hi.unsqueeze(1) + tol).all(), node
+
+
+def concrete_minimum(net: Network, lower: Tensor, upper: Tensor, C: Tensor, samples: int = 512,
+                     seed: int = 0) -> Tensor:
+    """Smallest C y over random points, box corners and PGD points: (N, K).
+
+    lower, upper (N, *in), C (N, K, n_out). A sound lower bound must never exceed this.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n, k = C.shape[:2]
+    points = box_points(lower, upper, samples, g)  # (N, P, *in)
+    with torch.no_grad():
+        y = net(points.flatten(0, 1)).reshape(n, points.shape[1], -1)
     best = torch.einsum("nkj,npj->nkp", C, y).amin(-1)
     for row in range(k):
         c = C[:, row]
