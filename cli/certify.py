@@ -128,7 +128,8 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
                    help="skip the PGD attack stages (before the domains, and MN-BaB's before branching)")
     p.add_argument("--batch-size", type=int, default=32, help="samples bounded together by Box / DeepPoly")
     mnbab = p.add_argument_group("MN-BaB")
-    mnbab.add_argument("--bab-batch-size", type=int, default=64, help="subproblems branched together")
+    mnbab.add_argument("--bab-batch-size", type=int, default=BaBConfig.batch_size,
+                       help=f"subproblems branched together (default {BaBConfig.batch_size})")
     mnbab.add_argument("--branching", choices=("acs", "babsr"), default="babsr",
                        help="BaBSR or MN-BaB's active-constraint score")
     mnbab.add_argument("--branching-candidates", type=int, default=BaBConfig.fsb_candidates, metavar="K",

@@ -108,6 +108,40 @@ def multineuron_constraints(dp: DeepPoly, config: MNBaBConfig, deadline: float =
     return out
 
 
+def root_bounds(net: Network, lower: Tensor, upper: Tensor, C: Tensor, config: MNBaBConfig,
+                deadline: float = math.inf, decided: Callable[[Tensor], bool] = lambda bound: False,
+                multineuron: bool = True, stats: dict | None = None) -> tuple[SplitDeepPoly, Tensor]:
+    """The root's stages on one input box (*in) for rows C (1, m, n_out), each run until ``decided(bound)``.
+
+    DeepPoly, alpha (all slopes), then the multi-neuron constraints with
+    their multipliers, optimised with the slopes. Returns the domain (bounds,
+    multipliers and constraints: where branch-and-bound starts) and the best
+    row bounds (1, m); ``stats["stage"]`` names the last stage run.
+    """
+    stats = {} if stats is None else stats
+    stats["stage"] = "deeppoly"
+    dp = SplitDeepPoly(net, lower.unsqueeze(0), upper.unsqueeze(0))
+    with torch.no_grad():
+        bound = dp.bound(C)
+    if not decided(bound) and config.alpha_iterations > 0 and time.monotonic() < deadline:
+        stats["stage"] = "alpha"
+        bound = torch.maximum(bound, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=True,
+                                                 done=stop_by(deadline, decided)))
+    if not decided(bound) and config.multineuron and multineuron and time.monotonic() < deadline:
+        stats["stage"] = "multineuron"
+        now = time.monotonic()
+        dp.constraints = multineuron_constraints(dp, config, now + config.multineuron_share * (deadline - now))
+        stats["multineuron_constraints"] = sum(len(c) for c in dp.constraints.values())
+        dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
+        dp.intermediate_gamma = config.multineuron_intermediate
+        if dp.gamma:
+            bound = torch.maximum(bound, dp.optimize(C, config.gamma_iterations, config.lr_alpha,
+                                                     intermediate=config.multineuron_intermediate,
+                                                     done=stop_by(deadline, decided),
+                                                     lr_of={"gamma": config.lr_gamma}))
+    return dp, bound
+
+
 def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tensor, clause: Tensor,
                  deadline: float, is_counterexample: Callable[[Tensor], Tensor],
                  config: MNBaBConfig | None = None,
@@ -122,34 +156,17 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
     domains is worth its second there.
     """
     config = config or MNBaBConfig()
-    stats: dict = {"stage": "deeppoly"}
+    stats: dict = {}
     input_split = config.bab and splits_input(config, lower.numel())
     start = time.monotonic()
     n_clauses = int(clause.max()) + 1
     C, d, clause = C.unsqueeze(0), d.unsqueeze(0), clause.to(C.device)
-    dp = SplitDeepPoly(net, lower.unsqueeze(0), upper.unsqueeze(0))
 
     def decided(bound: Tensor) -> bool:
         return bool((clause_margins(bound, d, clause, n_clauses) > 0).all())
 
-    with torch.no_grad():
-        bound = dp.bound(C)
-    if not decided(bound) and config.alpha_iterations > 0 and time.monotonic() < deadline:
-        stats["stage"] = "alpha"
-        bound = torch.maximum(bound, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=True,
-                                                 done=stop_by(deadline, decided)))
-    if not decided(bound) and config.multineuron and not input_split and time.monotonic() < deadline:
-        stats["stage"] = "multineuron"
-        now = time.monotonic()
-        dp.constraints = multineuron_constraints(dp, config, now + config.multineuron_share * (deadline - now))
-        stats["multineuron_constraints"] = sum(len(c) for c in dp.constraints.values())
-        dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
-        dp.intermediate_gamma = config.multineuron_intermediate
-        if dp.gamma:
-            bound = torch.maximum(bound, dp.optimize(C, config.gamma_iterations, config.lr_alpha,
-                                                     intermediate=config.multineuron_intermediate,
-                                                     done=stop_by(deadline, decided),
-                                                     lr_of={"gamma": config.lr_gamma}))
+    dp, bound = root_bounds(net, lower, upper, C, config, deadline, decided, multineuron=not input_split,
+                            stats=stats)
     stats["root_time_s"] = time.monotonic() - start
     margins = clause_margins(bound, d, clause, n_clauses)[0]
     stats["root_margin"] = float(margins.min())

@@ -11,6 +11,7 @@ from domains.milp import SplitLP
 from domains.network import Conv2d, Linear
 from domains.pool import Pool
 from tests.random_nets import random_network
+from tests.soundness import concrete_minimum
 
 
 def _split_region_points(net, lower, upper, split, n=20000, seed=0):
@@ -193,7 +194,7 @@ def _rounds(search, sub, rounds):
         sub = sub.select(sub.branchable())
         if len(sub) == 0:
             return
-        sub, refine_from = search.branch(sub)
+        sub, refine_from, _ = search.branch(sub)
         sub, feasible, _ = search.bound(sub, refine_from, iterations=2)
         sub = sub.select(feasible)
         yield sub
@@ -216,6 +217,29 @@ def test_children_bounds_with_the_roots_slopes_are_sound(kind, seed):
             for node, (lo, hi) in sub.bounds.items():
                 assert (values[node] >= lo[i] - 1e-5).all() and (values[node] <= hi[i] + 1e-5).all()
     assert checked > 0
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
+def test_children_the_branching_trial_excludes_hold_no_violation(kind):
+    """With d between the root's bound and the sampled minimum, the split's trial bounds exclude some children
+    (or find them empty) before they are bounded; no sampled point of such a child's region violates the clause."""
+    net, lower, upper, search, root = _search_at_root(kind, 0, rows=1, config=BaBConfig(iterations=2))
+    search.d = (root.lower + concrete_minimum(net, lower, upper, search.C)) / 2
+    sub, excluded = root, 0
+    for _ in range(4):
+        sub = sub.select(sub.branchable())
+        if len(sub) == 0:
+            break
+        children, refine_from, trial = search.branch(sub)
+        for i in torch.nonzero(trial > 0).flatten().tolist():
+            points = _split_region_points(net, lower, upper, {r: s[i:i + 1] for r, s in children.split.items()},
+                                          n=4000, seed=i)
+            with torch.no_grad():
+                assert ((net(points) @ search.C[0].T - search.d[0]).amax(1) > 0).all()
+            excluded += 1
+        sub, feasible, _ = search.bound(children.select(trial <= 0), refine_from, iterations=2)
+        sub = sub.select(feasible & ((sub.lower - search.d).amax(1) <= 0))
+    assert excluded > 0
 
 
 def _subproblems(lower_values, depths):
@@ -296,7 +320,8 @@ def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind, 
     *_, sub = _rounds(search, root, rounds=2)
     sub = sub.select(sub.branchable())
     assert len(sub) > 0
-    choice = search.decide(sub)
+    choice, trial = search.decide(sub)
+    assert torch.equal(trial, search.quick_margin(search.children(sub, choice)))  # the chosen children's margins
     primary = torch.cat([sub.score[r] for r in search.relus], 1)
     backup = torch.cat([sub.backup[r] for r in search.relus], 1)
     for i in range(len(sub)):

@@ -1,17 +1,18 @@
 """MN-BaB end to end: verdicts agree with exact MILP, every property of tiny nets is decided, precision order."""
 
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
 from domains import box
 from domains.alpha import AlphaDeepPoly
-from domains.bab import BaBConfig, SplitDeepPoly
+from domains.bab import BaBConfig
 from domains.deeppoly import DeepPoly
 from domains.from_torch import network_from_torch
 from domains.milp import milp_verify
-from domains.mnbab import MNBaBConfig, mnbab_verify, multineuron_constraints
+from domains.mnbab import MNBaBConfig, mnbab_verify, root_bounds
 from tests.paths import mnist_fc_property
 from tests.random_nets import fc_model, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
@@ -186,16 +187,12 @@ def test_multineuron_constraints_tighten_the_mnist_fc_root():
 
 
 def _multineuron_root(net, lower, upper, C, intermediate_gamma, config=None):
-    """The root's alpha then multi-neuron stages (as mnbab_verify runs them) on one box (*in), rows C (1, K, *out);
-    the second stage optimises the intermediate slopes again in both cases, with or without gamma of their own."""
-    config = config or MNBaBConfig()
-    dp = SplitDeepPoly(net, lower[None], upper[None])
-    dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=True)
-    dp.constraints = multineuron_constraints(dp, config)
-    dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
-    dp.intermediate_gamma = intermediate_gamma
-    dp.optimize(C, config.gamma_iterations, config.lr_alpha, intermediate=True, lr_of={"gamma": config.lr_gamma})
-    return dp
+    """The root's domain on one box (*in) for rows C (1, K, *out), its multi-neuron stage optimising the
+    intermediate slopes again in both cases; without ``intermediate_gamma`` all multipliers stay at zero."""
+    config = replace(config or MNBaBConfig(), multineuron_intermediate=True)
+    if not intermediate_gamma:
+        config = replace(config, lr_gamma=0.0)
+    return root_bounds(net, lower, upper, C, config)[0]
 
 
 @pytest.mark.parametrize("kind", KINDS)
