@@ -199,8 +199,10 @@ class BaBConfig:
     recompute_intermediate: bool = True  # refine the bounds of layers after the split (else only clamp)
     # filtered smart branching: the top candidates of each score tried per split (1: take the best score). On
     # mnist_fc 256x4 prop_3_0.05 / 256x6 prop_7_0.03 (120 s, one thread), 1 proves neither, 5 proves both in
-    # 14 / 29 s with 216 / 646 subproblems; judging a candidate by its worse child instead needs 42 s / fails
-    fsb_candidates: int = 5
+    # 14 / 29 s with 216 / 646 subproblems; judging a candidate by its worse child instead needs 42 s / fails.
+    # 256x4 prop_5_0.05 (two threads, 300 s): 3 proves 3 of its 9 clauses, 5 proves 7, 8 all (292-298 s); the
+    # instances 5 proves take 0-10% longer with 8
+    fsb_candidates: int = 8
     attack_seeds: int = 8  # per batch, bound minimisers refined by PGD into counterexample candidates
     attack_steps: int = 10
     # per batch, up to lp_checks open children whose bound did not rise above their parent's (worst first) are
