@@ -269,15 +269,39 @@ class BranchAndBound:
         dp.split, dp.beta, dp.gamma = sub.split, sub.beta, sub.gamma
         return dp
 
-    def bound(self, sub: Subproblems, refine_from: int, iterations: int) -> tuple[Subproblems, Tensor, Tensor]:
-        """Recompute intermediate bounds from ``refine_from`` and optimise the final multipliers.
+    def refined_bounds(self, sub: Subproblems, refine_from: Tensor) -> dict[int, Bounds]:
+        """The pre-activation bounds of ``sub`` with those from node ``refine_from`` (N,) on recomputed.
+
+        A subproblem's bounds before its newest split are those its ancestors
+        computed, so each group of subproblems that split in the same layer is
+        refined from there on only (one back-substitution per group).
+        """
+        bounds = dict(sub.bounds)
+        last = max(self.pre.values())
+        for start in refine_from.unique().tolist():
+            if start > last:
+                continue
+            rows = torch.nonzero(refine_from == start).flatten()
+            part = self.domain(sub.select(rows))
+            with torch.no_grad():
+                part.compute_intermediate_bounds(known={node: (b[0][rows], b[1][rows]) for node, b in bounds.items()},
+                                                 refine_from=start)
+            bounds = {node: (lo.index_copy(0, rows, part.bounds[node][0]), hi.index_copy(0, rows, part.bounds[node][1]))
+                      for node, (lo, hi) in bounds.items()}
+        return bounds
+
+    def bound(self, sub: Subproblems, refine_from: Tensor | int, iterations: int
+              ) -> tuple[Subproblems, Tensor, Tensor]:
+        """Recompute intermediate bounds from node ``refine_from`` (N,) on and optimise the final multipliers.
 
         Returns the updated subproblems, a feasibility mask (N,) and the
         candidate inputs (N, K, *in) that minimise each row's linear bound.
         """
         dp = self.domain(sub)
+        refine_from = torch.as_tensor(refine_from, device=sub.depth.device).expand(len(sub))
         with torch.no_grad():
-            dp.compute_intermediate_bounds(known=sub.bounds, refine_from=refine_from)
+            dp.compute_intermediate_bounds(known=self.refined_bounds(sub, refine_from),
+                                           refine_from=len(self.net.nodes))
         C, d = self.C.expand(len(sub), *self.C.shape[1:]), self.d.expand(len(sub), -1)
         # children continue from the last step, not from the best multipliers: on mnist_fc 256x4 prop_8_0.03
         # the open subproblems of one clause sat at their ancestors' bound for 60+ generations (their regions
@@ -406,12 +430,16 @@ class BranchAndBound:
         out.depth = out.depth + 1
         return out
 
-    def branch(self, sub: Subproblems) -> tuple[Subproblems, int, Tensor]:
-        """Two children per subproblem, the first node whose bounds may change, and the children's cheap
-        margins from choosing the split (2N,; > 0: the clause is already excluded there)."""
+    def branch(self, sub: Subproblems) -> tuple[Subproblems, Tensor, Tensor]:
+        """Two children per subproblem, the first node whose bounds may change in each (2N,), and the children's
+        cheap margins from choosing the split (2N,; > 0: the clause is already excluded there)."""
         choice, margin = self.decide(sub)
-        layers = self.locate(sub, choice)[0].unique().tolist()
-        return self.children(sub, choice), min(self.pre[self.relus[li]] for li in layers) + 1, margin
+        return *self.split(sub, choice), margin
+
+    def split(self, sub: Subproblems, choice: Tensor) -> tuple[Subproblems, Tensor]:
+        """:meth:`children`, and the node after the pre-activation each child's split changed (2N,)."""
+        after_split = torch.tensor([self.pre[r] + 1 for r in self.relus], device=choice.device)
+        return self.children(sub, choice), after_split[self.locate(sub, choice)[0]].repeat(2)
 
     # -- search ------------------------------------------------------------------------------------
 
@@ -441,11 +469,11 @@ class BranchAndBound:
                     continue
             children, refine_from, trial = self.branch(batch)
             if not self.config.recompute_intermediate:
-                refine_from = len(self.net.nodes)
+                refine_from = torch.full_like(refine_from, len(self.net.nodes))
             # children the branching trial already excluded (or found empty) need no bounding
             self.stats["subproblems"] += len(children)
             self.stats["pruned_by_branching"] += int((trial > 0).sum())
-            children = children.select(trial <= 0)
+            children, refine_from = children.select(trial <= 0), refine_from[trial <= 0]
             if len(children) == 0:
                 continue
             inherited = self.margin(children)  # the parents' margins

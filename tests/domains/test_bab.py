@@ -220,6 +220,37 @@ def test_children_bounds_with_the_roots_slopes_are_sound(kind, seed):
 
 
 @pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
+@pytest.mark.parametrize("seed", range(2))
+def test_refining_each_child_from_its_split_layer_loses_nothing(kind, seed):
+    """A child's bounds before its split layer are its ancestors' (refined when they last changed), so refining
+    each group of children from its own split layer gives the bounds that refining all from the first does."""
+    net, _, _, search, root = _search_at_root(kind, seed, rows=1, config=BaBConfig(iterations=2))
+    root, _, _ = search.bound(root, refine_from=1, iterations=0)  # the root's bounds: a fixed point of refining
+    mixed = 0
+    for sub in _rounds(search, root, rounds=2):
+        sub = sub.select(sub.branchable())
+        # the subproblems split in turn in every layer with a neuron left to split
+        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in search.relus]]).cumsum(0)
+        choice = []
+        for i in range(len(sub)):
+            layers = [li for li, r in enumerate(search.relus) if sub.score[r][i].amax() >= 0]
+            li = layers[i % len(layers)]
+            choice.append(offsets[li] + sub.score[search.relus[li]][i].argmax())
+        children, refine_from = search.split(sub, torch.stack(choice))
+        mixed += len(refine_from.unique()) > 1
+        for i, start in enumerate(refine_from.tolist()):  # the one pre-activation the split changed is start - 1
+            changed = [node for node, (lo, hi) in children.bounds.items()
+                       if not (torch.equal(lo[i], sub.bounds[node][0][i % len(sub)])
+                               and torch.equal(hi[i], sub.bounds[node][1][i % len(sub)]))]
+            assert changed == [start - 1]
+        grouped = search.refined_bounds(children, refine_from)
+        from_first = search.refined_bounds(children, torch.ones_like(refine_from))
+        for node in grouped:
+            torch.testing.assert_close(grouped[node], from_first[node], atol=1e-5, rtol=1e-5)
+    assert mixed > 0
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
 def test_children_the_branching_trial_excludes_hold_no_violation(kind):
     """With d between the root's bound and the sampled minimum, the split's trial bounds exclude some children
     (or find them empty) before they are bounded; no sampled point of such a child's region violates the clause."""
@@ -237,7 +268,7 @@ def test_children_the_branching_trial_excludes_hold_no_violation(kind):
             with torch.no_grad():
                 assert ((net(points) @ search.C[0].T - search.d[0]).amax(1) > 0).all()
             excluded += 1
-        sub, feasible, _ = search.bound(children.select(trial <= 0), refine_from, iterations=2)
+        sub, feasible, _ = search.bound(children.select(trial <= 0), refine_from[trial <= 0], iterations=2)
         sub = sub.select(feasible & (search.margin(sub) <= 0))
     assert excluded > 0
 
