@@ -146,6 +146,10 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     mnbab.add_argument("--multineuron-k", type=int, default=3, choices=(0, 2, 3, 4),
                        help="ReLUs per multi-neuron constraint group (0 disables the constraints)")
     mnbab.add_argument("--alpha-iterations", type=int, default=20, help="slope optimisation steps at the root")
+    mnbab.add_argument("--intermediate-bab-share", type=float, default=MNBaBConfig.intermediate_bab_share,
+                       metavar="F", help="at most this share of the time left tightens the intermediate bounds at "
+                                         "the root by a small branch-and-bound per unstable neuron (0: off; "
+                                         f"default {MNBaBConfig.intermediate_bab_share})")
     mnbab.add_argument("--max-memory", type=size_value, metavar="SIZE",
                        help="memory for the open subproblems of branch-and-bound, e.g. 512M or 2G (default: no "
                             "cap); near the cap BaB goes depth-first, and a property whose open subproblems still "
@@ -192,13 +196,14 @@ def device_of(name: str) -> torch.device:
 
 def options_from(args) -> Options:
     if (min(args.bab_batch_size, args.max_queue, args.branching_candidates) < 1
-            or min(args.alpha_iterations, args.lp_checks) < 0):
-        raise UserError("--bab-batch-size, --max-queue and --branching-candidates must be >= 1 and "
-                        "--alpha-iterations and --lp-checks >= 0")
+            or min(args.alpha_iterations, args.lp_checks) < 0 or not 0 <= args.intermediate_bab_share <= 1):
+        raise UserError("--bab-batch-size, --max-queue and --branching-candidates must be >= 1, "
+                        "--alpha-iterations and --lp-checks >= 0 and --intermediate-bab-share in [0, 1]")
     bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching, max_queue=args.max_queue,
                     max_memory=args.max_memory, fsb_candidates=args.branching_candidates, lp_checks=args.lp_checks)
     mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
                         k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split,
+                        intermediate_bab_share=args.intermediate_bab_share,
                         input_bab_config=InputBaBConfig(max_memory=args.max_memory),
                         attack_restarts=0 if args.no_attack else MNBaBConfig.attack_restarts)
     return Options(milp_backend=args.milp_backend, mnbab=mnbab)

@@ -161,7 +161,8 @@ class Subproblems(Batch):
     """A batch of subproblems as stacked tensors; every field has the batch as its first dim.
 
     bounds: pre-activation node -> (lo, hi) (N, *s); split, alpha, beta, gamma: relu node ->
-    (N, *s) / (N, K, *s) / (N, K, *s) / (N, K, H); lower: (N, K) row bounds; depth: (N,).
+    (N, *s) / (N, K, *s) / (N, K, *s) / (N, K, H); lower: (N, K) row bounds; depth: (N,); spec: (N,)
+    which row set of the search's C and d the subproblem bounds.
     """
 
     bounds: dict[int, Bounds]
@@ -171,6 +172,7 @@ class Subproblems(Batch):
     gamma: dict[int, Tensor]
     lower: Tensor
     depth: Tensor
+    spec: Tensor
     score: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) branching scores
     backup: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) second candidates' scores
 
@@ -234,10 +236,13 @@ class BaBResult:
 
 
 class BranchAndBound:
-    """Branch-and-bound for one clause of one property: rows C (1, K, n_out), d (1, K).
+    """Branch-and-bound for one clause of one property: rows C (S, K, n_out), d (S, K).
 
-    The clause is excluded from a subproblem once some row has ``C y > d`` on
-    all of it; ``is_counterexample`` (B, *in) -> (B,) decides candidate inputs.
+    The clause is excluded from a subproblem once some row of its own row set
+    (``spec``) has ``C y > d`` on all of it; ``is_counterexample`` (B, *in) ->
+    (B,) decides candidate inputs. :meth:`run` searches one clause (S = 1);
+    several row sets serve searches run side by side in one batch
+    (:mod:`domains.intermediate_bab`).
     """
 
     def __init__(self, root: SplitDeepPoly, C: Tensor, d: Tensor, config: BaBConfig,
@@ -302,7 +307,7 @@ class BranchAndBound:
         with torch.no_grad():
             dp.compute_intermediate_bounds(known=self.refined_bounds(sub, refine_from),
                                            refine_from=len(self.net.nodes))
-        C, d = self.C.expand(len(sub), *self.C.shape[1:]), self.d.expand(len(sub), -1)
+        C, d = self.C[sub.spec], self.d[sub.spec]
         # children continue from the last step, not from the best multipliers: on mnist_fc 256x4 prop_8_0.03
         # the open subproblems of one clause sat at their ancestors' bound for 60+ generations (their regions
         # were empty: LP-infeasible, dual bound unbounded) since no 10-step run beat the bound it started from
@@ -322,7 +327,7 @@ class BranchAndBound:
             bounds={node: dp.bounds[node] for node in self.pre.values()}, split=sub.split,
             alpha={r: params[("alpha", r)] for r in self.relus if ("alpha", r) in params} or sub.alpha,
             beta={r: params[("beta", r)] for r in sub.beta}, gamma={r: params[("gamma", r)] for r in sub.gamma},
-            lower=row_lower, depth=sub.depth, score=score, backup=backup)
+            lower=row_lower, depth=sub.depth, spec=sub.spec, score=score, backup=backup)
         return new, self.feasible(dp), candidates
 
     def feasible(self, dp: SplitDeepPoly) -> Tensor:
@@ -338,8 +343,8 @@ class BranchAndBound:
         dp = self.domain(sub)
         with torch.no_grad():
             dp.compute_intermediate_bounds(known=sub.bounds, refine_from=len(self.net.nodes))
-            rows = dp.linear_lower(dp.output, self.C.expand(len(sub), *self.C.shape[1:]))
-        margin = (rows - self.d).max(1).values
+            rows = dp.linear_lower(dp.output, self.C[sub.spec])
+        margin = (rows - self.d[sub.spec]).max(1).values
         return torch.where(self.feasible(dp), margin, torch.full_like(margin, torch.inf))
 
     def scores(self, dp: SplitDeepPoly) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
@@ -528,7 +533,7 @@ class BranchAndBound:
 
     def margin(self, sub: Subproblems) -> Tensor:
         """Each subproblem's clause margin from its row bounds (N,): > 0 once the clause is excluded there."""
-        return (sub.lower - self.d).max(1).values
+        return (sub.lower - self.d[sub.spec]).max(1).values
 
     def solve_leaves(self, leaves: Subproblems) -> BaBResult | None:
         """Fully split subproblems are LPs (no unstable ReLU left): solve them exactly.

@@ -95,7 +95,7 @@ def _empty_region_search(config):
     lo, hi = dp.bounds[1]
     sub = Subproblems(bounds={1: (lo.clamp(min=0.0), hi)}, split={relu: torch.ones(1, 2, dtype=torch.int8)},
                       alpha={}, beta={relu: torch.zeros(1, 1, 2)}, gamma={}, lower=torch.full((1, 1), -torch.inf),
-                      depth=torch.full((1,), 2))
+                      depth=torch.full((1,), 2), spec=torch.zeros(1, dtype=torch.long))
     return net, search, sub
 
 
@@ -183,7 +183,8 @@ def _search_at_root(kind, seed, rows, config):
                        split={r: torch.zeros(1, *net.shapes[r], dtype=torch.int8) for r in net.relu_nodes},
                        alpha={r: params[("alpha", r)] for r in net.relu_nodes},
                        beta={r: torch.zeros(1, rows, *net.shapes[r]) for r in net.relu_nodes}, gamma={},
-                       lower=torch.full((1, rows), -torch.inf), depth=torch.zeros(1, dtype=torch.long))
+                       lower=torch.full((1, rows), -torch.inf), depth=torch.zeros(1, dtype=torch.long),
+                       spec=torch.zeros(1, dtype=torch.long))
     root, _, _ = search.bound(root, refine_from=len(net.nodes), iterations=0)
     return net, lower, upper, search, root
 
@@ -277,7 +278,8 @@ def _subproblems(lower_values, depths):
     n = len(lower_values)
     return Subproblems(bounds={1: (torch.zeros(n, 3), torch.ones(n, 3))}, split={2: torch.zeros(n, 3)},
                        alpha={2: torch.zeros(n, 1, 3)}, beta={2: torch.zeros(n, 1, 3)}, gamma={},
-                       lower=torch.tensor(lower_values).reshape(n, 1), depth=torch.tensor(depths))
+                       lower=torch.tensor(lower_values).reshape(n, 1), depth=torch.tensor(depths),
+                       spec=torch.zeros(n, dtype=torch.long))
 
 
 def test_pool_pops_lowest_bound_first_and_deepest_when_asked():
@@ -304,8 +306,8 @@ def test_layer_constraints_spread_matches_dense_sum():
 
 def test_row_bytes_sums_one_row_of_every_tensor():
     sub = _subproblems([-1.0, -2.0], [0, 1])
-    # bounds 2 x 3 floats, split 3, alpha 3, beta 3 floats, lower 1 float, depth 1 long
-    assert sub.row_bytes() == (6 + 3 + 3 + 3 + 1) * 4 + 8
+    # bounds 2 x 3 floats, split 3, alpha 3, beta 3 floats, lower 1 float, depth and spec 1 long each
+    assert sub.row_bytes() == (6 + 3 + 3 + 3 + 1) * 4 + 2 * 8
 
 
 def test_pool_never_grows_beyond_its_capacity():

@@ -11,8 +11,10 @@ from domains.alpha import AlphaDeepPoly
 from domains.bab import BaBConfig
 from domains.deeppoly import DeepPoly
 from domains.from_torch import network_from_torch
+from domains.input_bab import clause_margins
 from domains.milp import milp_verify
 from domains.mnbab import MNBaBConfig, mnbab_verify, root_bounds
+from domains.pgd import pgd_maximize
 from tests.paths import mnist_fc_property
 from tests.random_nets import fc_model, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
@@ -59,19 +61,23 @@ def _check_against_milp(kind, seeds, epsilons, config):
                 assert bool(_is_counterexample(net, spec)(x[None])[0])
 
 
-@pytest.mark.parametrize("multineuron", [False, True], ids=["single-neuron", "multi-neuron"])
+# the pipeline without the root's extra stages (branch-and-bound decides most properties), and all of it
+PIPELINES = {"single-neuron": MNBaBConfig(multineuron=False, intermediate_bab_share=0.0, split="relu"),
+             "multi-neuron": MNBaBConfig(split="relu")}
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_agrees_with_exact_milp_and_decides_everything(kind, multineuron):
-    _check_against_milp(kind, range(4), EPSILONS[kind], MNBaBConfig(multineuron=multineuron, split="relu"))
+def test_agrees_with_exact_milp_and_decides_everything(kind, pipeline):
+    _check_against_milp(kind, range(4), EPSILONS[kind], PIPELINES[pipeline])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("multineuron", [False, True], ids=["single-neuron", "multi-neuron"])
+@pytest.mark.parametrize("pipeline", PIPELINES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_agrees_with_exact_milp_sweep(kind, multineuron):
+def test_agrees_with_exact_milp_sweep(kind, pipeline):
     """The same check over more nets and radii (a few hundred properties)."""
-    _check_against_milp(kind, range(4, 16), EPSILONS[kind] + SLOW_EPSILONS[kind],
-                        MNBaBConfig(multineuron=multineuron, split="relu"))
+    _check_against_milp(kind, range(4, 16), EPSILONS[kind] + SLOW_EPSILONS[kind], PIPELINES[pipeline])
 
 
 @pytest.mark.parametrize("branching", ["babsr", "acs"])
@@ -85,7 +91,8 @@ def test_branching_heuristics_reach_the_same_verdicts(branching):
 
 
 def test_precision_order_box_deeppoly_alpha_multineuron():
-    """Certified counts box <= deeppoly <= mnbab; alpha >= DeepPoly and multi-neuron >= alpha, row by row."""
+    """Certified counts box <= deeppoly <= mnbab; alpha >= DeepPoly, multi-neuron >= alpha and the intermediate
+    bounds' searches >= multi-neuron, row by row."""
     counts = {"box": 0, "deeppoly": 0, "mnbab": 0}
     for kind in KINDS:
         for seed in range(2):
@@ -99,10 +106,14 @@ def test_precision_order_box_deeppoly_alpha_multineuron():
                 counts["box"] += bool((b > 0).all())
                 counts["deeppoly"] += bool((dp > 0).all())
                 counts["mnbab"] += _mnbab(net, lower, upper, spec).status == "certified"
-                no_mn = _mnbab(net, lower, upper, spec, MNBaBConfig(multineuron=False, bab=False))
-                with_mn = _mnbab(net, lower, upper, spec, MNBaBConfig(multineuron=True, bab=False))
-                if "root_margin" in no_mn.stats and "root_margin" in with_mn.stats:
-                    assert with_mn.stats["root_margin"] >= no_mn.stats["root_margin"] - 1e-6
+                stages = [_mnbab(net, lower, upper, spec, config) for config in (
+                    MNBaBConfig(multineuron=False, intermediate_bab_share=0.0, bab=False),
+                    MNBaBConfig(multineuron=True, intermediate_bab_share=0.0, bab=False),
+                    MNBaBConfig(multineuron=True, bab=False))]
+                margins = [result.stats.get("root_margin") for result in stages]
+                for weaker, stronger in zip(margins, margins[1:]):
+                    if weaker is not None and stronger is not None:
+                        assert stronger >= weaker - 1e-6
     assert counts["box"] <= counts["deeppoly"] <= counts["mnbab"]
     assert counts["mnbab"] > counts["box"]
 
@@ -129,8 +140,8 @@ def test_memory_cap_bounds_the_queue_and_keeps_verdicts_exact():
     capped_below_need, stopped = 0, 0
     for seed, eps in [(1, 0.07), (3, 0.2), (4, 0.2), (3, 0.16)]:
         net, lower, upper, spec = _wide_fc_property(seed, eps)
-        config = MNBaBConfig(alpha_iterations=0, multineuron=False, bab_config=BaBConfig(batch_size=4, iterations=3),
-                             split="relu")
+        config = MNBaBConfig(alpha_iterations=0, multineuron=False, intermediate_bab_share=0.0,
+                             bab_config=BaBConfig(batch_size=4, iterations=3), split="relu")
         free = _mnbab(net, lower, upper, spec, config)
         assert free.status == "certified"
         row_bytes = free.stats["bab"][0]["row_bytes"]
@@ -181,15 +192,38 @@ def test_multineuron_constraints_tighten_the_mnist_fc_root():
     for multineuron in (False, True):
         result = mnbab_verify(model.network, batch.lower[0], batch.upper[0], batch.C[0], batch.d[0], batch.clause,
                               time.monotonic() + 120, lambda x: torch.zeros(len(x), dtype=torch.bool),
-                              MNBaBConfig(multineuron=multineuron, bab=False))
+                              MNBaBConfig(multineuron=multineuron, intermediate_bab_share=0.0, bab=False))
         margins[multineuron] = result.stats["root_margin"]
     assert margins[True] > margins[False] + 0.05, margins
+
+
+def test_intermediate_bounds_searches_certify_mnist_fc_prop_5_at_the_root():
+    """256x4 prop_5_0.05: every clause's root margin is -0.30..-0.46 after the multi-neuron stage (branch-and-bound
+    on the final bound took 290 s); with the intermediate bounds tightened by their own searches the root
+    certifies it, and every node's bounds still hold at sampled points and at the property's PGD points."""
+    model, batch = mnist_fc_property("256x4", "prop_5_0.05")
+    net, lower, upper, C, d = model.network, batch.lower[0], batch.upper[0], batch.C[0:1], batch.d[0:1]
+    stats = {}
+    dp, bound = root_bounds(net, lower, upper, C, MNBaBConfig(), time.monotonic() + 240, stats=stats)
+    assert stats["stage"] == "intermediate_bab"
+    n_clauses = int(batch.clause.max()) + 1
+    assert (clause_margins(bound, d, batch.clause, n_clauses) > 0).all()
+    assert_node_bounds_hold(net, dp.bounds, lower[None], upper[None], samples=2000, tol=1e-4)
+    for node in dp.refine_idx:  # PGD on the smallest slack of each tightened node's bounds, below and above
+        lo, hi = (t.flatten(1) for t in dp.bounds[node])
+        for sign, end in ((1.0, lo), (-1.0, hi)):
+            def violation(x, node=node, sign=sign, end=end):
+                return -(sign * (net(x, return_all=True)[node].flatten(1) - end)).amin(1)
+
+            _, worst = pgd_maximize(violation, lower[None], upper[None], steps=50, step_size=0.05, restarts=4,
+                                    generator=torch.Generator().manual_seed(node))
+            assert float(worst.max()) <= 1e-4
 
 
 def _multineuron_root(net, lower, upper, C, intermediate_gamma, config=None):
     """The root's domain on one box (*in) for rows C (1, K, *out), its multi-neuron stage optimising the
     intermediate slopes again in both cases; without ``intermediate_gamma`` all multipliers stay at zero."""
-    config = replace(config or MNBaBConfig(), multineuron_intermediate=True)
+    config = replace(config or MNBaBConfig(), multineuron_intermediate=True, intermediate_bab_share=0.0)
     if not intermediate_gamma:
         config = replace(config, lr_gamma=0.0)
     return root_bounds(net, lower, upper, C, config)[0]

@@ -1,0 +1,153 @@
+"""Tighter intermediate bounds by branch-and-bound: a small search for each unstable neuron's bounds.
+
+The lower bound of a pre-activation neuron x_i of node p is the value of a
+verification problem on the network cut after p: min x_i over the input box
+(and min -x_i for the upper bound). The root's bound of x_i is that search's
+root; splitting ReLUs of the layers before p (:mod:`domains.bab`, split
+constraints with multipliers beta) and taking the minimum over the open
+leaves gives a bound at least as tight, valid whenever the search stops.
+
+All these searches of one node run as one batch (each subproblem bounds the
+row set ``spec`` of its neuron and sign); every round splits the ``width``
+lowest leaves of each search. The peers tighten these bounds with a MILP
+solver instead (MN-BaB's ``refine_via_milp``, alpha-beta-CROWN's
+``bab-refine``, Gurobi).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from domains.bab import BaBConfig, BranchAndBound, SplitDeepPoly, Subproblems
+from domains.box import Bounds
+from domains.network import Network
+
+
+@dataclass
+class IntermediateBaBConfig:
+    rounds: int = 5  # rounds of splitting per node
+    width: int = 8  # leaves split per neuron bound and round
+    # the searches of a node run in batches whose leaves take at most this many bytes
+    max_memory: int = 1 << 30
+    # the searches' subproblems: intermediate bounds of the cut network are not recomputed after a split (the
+    # rows of every node before p for each of thousands of subproblems would cost more than the splits gain)
+    bab_config: BaBConfig = field(default_factory=lambda: BaBConfig(recompute_intermediate=False, fsb_candidates=1))
+
+
+def cut_after(net: Network, node: int) -> Network:
+    """The network whose output is ``node``'s (the nodes up to it, same indices)."""
+    return Network(net.input_shape, [(n.op, n.inputs) for n in net.nodes[1:node + 1]])
+
+
+def tighten_node(dp: SplitDeepPoly, node: int, config: IntermediateBaBConfig, deadline: float) -> Bounds:
+    """Bounds (1, *s) of pre-activation ``node`` of a single-sample ``dp`` by a search per unstable neuron and side.
+
+    ``dp`` must have refined ``node`` (``dp.refine_idx[node]``); the searches
+    start from its multipliers for those rows (slopes, multi-neuron gamma), so
+    their roots are the bounds ``dp`` has, and only the layers before ``node``
+    are split. Neurons not reached by the ``deadline`` keep their bounds.
+    """
+    lo, hi = (t.flatten(1)[0] for t in dp.bounds[node])
+    idx = dp.refine_idx[node][0]  # (K,) the neurons dp bounded by back-substitution, rows +x_i then -x_i
+    todo = torch.nonzero((lo[idx] < 0) & (hi[idx] > 0)).flatten()  # positions among idx
+    net = cut_after(dp.net, node)
+    root = SplitDeepPoly(net, dp.lower, dp.upper, {r: c for r, c in dp.constraints.items() if r < node})
+    root.alpha = {key: a for key, a in dp.alpha.items() if key[0] < node}  # slopes of the earlier nodes' bounds
+    root.refine_idx = {n: i for n, i in dp.refine_idx.items() if n < node}
+    with torch.no_grad():
+        root.compute_intermediate_bounds(known={n: b for n, b in dp.bounds.items() if n <= node},
+                                         refine_from=node + 1)
+    new_lo, new_hi = lo.clone(), hi.clone()
+    leaves_per_search = 1 + 2 * config.rounds * config.width
+    per_batch = len(todo)
+    done = 0
+    while done < len(todo) and time.monotonic() < deadline:
+        part = todo[done:done + per_batch]
+        leaves = _roots(dp, root, node, part)
+        per_batch = max(1, config.max_memory // (leaves.row_bytes() * 2 * leaves_per_search))
+        if len(part) > per_batch:  # the first batch learns the size of a subproblem
+            continue
+        neurons = idx[part]
+        lower = _search(root, neurons, leaves, config, deadline)  # (2c,): min x_i, then min -x_i
+        new_lo[neurons] = torch.maximum(new_lo[neurons], lower[:len(part)])
+        new_hi[neurons] = torch.minimum(new_hi[neurons], -lower[len(part):])
+        done += len(part)
+    return new_lo.view_as(dp.bounds[node][0]), new_hi.view_as(dp.bounds[node][1])
+
+
+def _roots(dp: SplitDeepPoly, root: SplitDeepPoly, node: int, part: Tensor) -> Subproblems:
+    """One unsplit subproblem per bound of the neurons at positions ``part`` of ``dp.refine_idx[node]`` (2c,):
+    lower bounds first, then upper bounds, with the multipliers ``dp`` optimised for those rows."""
+    k, c = dp.refine_idx[node].shape[1], len(part)
+    rows = torch.cat([part, part + k])  # dp's rows of these neurons: +x_i then -x_i
+    lo = root.lower
+    net, n = root.net, 2 * c
+    relus = net.relu_nodes
+
+    def per_row(params: dict[tuple[int, int], Tensor], relu: int) -> Tensor:
+        return params[(node, relu)][:, rows].transpose(0, 1)  # (2c, 1, ...)
+
+    return Subproblems(
+        bounds={p: tuple(b.expand(n, *b.shape[1:]) for b in root.bounds[p]) for p in (net.nodes[r].inputs[0]
+                                                                                      for r in relus)},
+        split={r: torch.zeros(n, *net.shapes[r], dtype=torch.int8, device=lo.device) for r in relus},
+        alpha={r: per_row(dp.alpha, r) for r in relus if (node, r) in dp.alpha},
+        beta={r: lo.new_zeros(n, 1, *net.shapes[r]) for r in relus},
+        gamma={r: per_row(dp.inter_gamma, r) for r in relus if (node, r) in dp.inter_gamma},
+        lower=lo.new_full((n, 1), -torch.inf), depth=torch.zeros(n, dtype=torch.long, device=lo.device),
+        spec=torch.arange(n, device=lo.device))
+
+
+def _search(root: SplitDeepPoly, neurons: Tensor, leaves: Subproblems, config: IntermediateBaBConfig,
+            deadline: float) -> Tensor:
+    """Search min x_i, then min -x_i, for the output neurons ``neurons`` (c,) of ``root``'s network, one root
+    subproblem each in ``leaves`` (spec 0..2c-1): each search's lowest leaf bound (2c,)."""
+    c, shape = len(neurons), root.net.output_shape
+    C = root.lower.new_zeros(2 * c, 1, math.prod(shape))
+    C[torch.arange(c), 0, neurons] = 1.0
+    C[torch.arange(c, 2 * c), 0, neurons] = -1.0
+    search = BranchAndBound(root, C.view(2 * c, 1, *shape), root.lower.new_full((2 * c, 1), torch.inf),
+                            config.bab_config, lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline)
+    leaves, _, _ = search.bound(leaves, refine_from=len(root.net.nodes), iterations=0)
+    for _ in range(config.rounds):
+        pick = lowest_per_spec(leaves, config.width) & leaves.branchable()
+        if not bool(pick.any()) or time.monotonic() > deadline:
+            break
+        children, refine_from, trial = search.branch(leaves.select(pick))
+        keep = trial <= 0  # +inf: the trial found the child empty
+        children, feasible, _ = search.bound(children.select(keep), refine_from[keep], config.bab_config.iterations)
+        leaves = Subproblems.cat([leaves.select(~pick), children.select(feasible)])
+    lowest = leaves.lower.new_full((2 * c,), torch.inf).scatter_reduce(0, leaves.spec, leaves.lower[:, 0], "amin")
+    # a search whose leaves all turned out empty (only by rounding: its region is the input box's image) says nothing
+    return torch.where(torch.isfinite(lowest), lowest, torch.full_like(lowest, -torch.inf))
+
+
+def lowest_per_spec(sub: Subproblems, width: int) -> Tensor:
+    """Mask (N,) of the ``width`` subproblems of lowest bound within each row set."""
+    by_bound = sub.lower[:, 0].argsort(stable=True)
+    order = by_bound[sub.spec[by_bound].argsort(stable=True)]  # by spec, then by bound
+    spec = sub.spec[order]
+    first = torch.searchsorted(spec, spec, right=False)  # where each spec's run starts
+    rank = torch.arange(len(order), device=spec.device) - first
+    mask = torch.zeros(len(order), dtype=torch.bool, device=spec.device)
+    mask[order] = rank < width
+    return mask
+
+
+def tighten(dp: SplitDeepPoly, config: IntermediateBaBConfig, deadline: float) -> None:
+    """Tighten the refined intermediate bounds of a single-sample ``dp`` node by node, in place.
+
+    Each node's searches see the earlier nodes' tightened bounds, and the
+    bounds of the nodes after it are recomputed (with ``dp``'s multipliers).
+    """
+    for node in sorted(dp.refine_idx):
+        if time.monotonic() > deadline:
+            break
+        dp.bounds[node] = tighten_node(dp, node, config, deadline)
+        with torch.no_grad():
+            dp.compute_intermediate_bounds(known=dict(dp.bounds), refine_from=node + 1)
