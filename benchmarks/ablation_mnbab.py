@@ -1,4 +1,4 @@
-"""Ablation of MN-BaB's stages on one network: DeepPoly, +alpha, +multi-neuron constraints, +branch-and-bound.
+"""Ablation of MN-BaB's stages on one network: DeepPoly, +alpha, +multi-neuron, +intermediate searches, +BaB.
 
 The same samples (first --num bundled MNIST test images, L-inf eps) go through
 the certify pipeline (clean check and PGD attack shared) with:
@@ -6,10 +6,13 @@ the certify pipeline (clean check and PGD attack shared) with:
 - ``deeppoly``: DeepPoly alone;
 - ``alpha``: optimised ReLU slopes, no multi-neuron constraints, no BaB;
 - ``alpha+mn``: alpha plus multi-neuron constraints (k = 3), no BaB;
-- ``alpha+bab``: alpha and branch-and-bound without multi-neuron constraints (alpha-beta-CROWN-like);
+- ``alpha+mn+ib``: and the intermediate bounds tightened by their own small searches, no BaB;
+- ``alpha+bab``: alpha and branch-and-bound, without multi-neuron constraints or the intermediate bounds'
+  searches (alpha-beta-CROWN-like);
 - ``mnbab (acs)``: everything, MN-BaB's active-constraint-score branching;
 - ``mnbab (babsr)``: everything, BaBSR branching;
-- ``mnbab (babsr top-1)``: the same without filtered smart branching (the best-scored neuron is split).
+- ``mnbab (babsr top-1)``: the same without filtered smart branching (the best-scored neuron is split);
+- ``mnbab (babsr, no ib)``: everything but the intermediate bounds' searches.
 
     python benchmarks/ablation_mnbab.py --model ../shared/benchmarks/vnncomp/2022_mnist_fc/onnx/mnist-net_256x4.onnx
 
@@ -41,12 +44,14 @@ from verifier.results import command_line, summarize, versions  # noqa: E402
 
 VARIANTS = {
     "deeppoly": ("deeppoly", MNBaBConfig()),
-    "alpha": ("mnbab", MNBaBConfig(multineuron=False, bab=False)),
-    "alpha+mn": ("mnbab", MNBaBConfig(multineuron=True, bab=False)),
-    "alpha+bab": ("mnbab", MNBaBConfig(multineuron=False, bab=True)),
+    "alpha": ("mnbab", MNBaBConfig(multineuron=False, intermediate_bab_share=0.0, bab=False)),
+    "alpha+mn": ("mnbab", MNBaBConfig(multineuron=True, intermediate_bab_share=0.0, bab=False)),
+    "alpha+mn+ib": ("mnbab", MNBaBConfig(multineuron=True, bab=False)),
+    "alpha+bab": ("mnbab", MNBaBConfig(multineuron=False, intermediate_bab_share=0.0, bab=True)),
     "mnbab (acs)": ("mnbab", MNBaBConfig(bab_config=BaBConfig(branching="acs"))),
     "mnbab (babsr)": ("mnbab", MNBaBConfig(bab_config=BaBConfig(branching="babsr"))),
     "mnbab (babsr top-1)": ("mnbab", MNBaBConfig(bab_config=BaBConfig(branching="babsr", fsb_candidates=1))),
+    "mnbab (babsr, no ib)": ("mnbab", MNBaBConfig(intermediate_bab_share=0.0)),
 }
 
 
