@@ -236,13 +236,13 @@ class BaBResult:
 
 
 class BranchAndBound:
-    """Branch-and-bound for one clause of one property: rows C (S, K, n_out), d (S, K).
+    """Branch-and-bound over ReLU splits for row sets C (S, K, n_out), d (S, K).
 
-    The clause is excluded from a subproblem once some row of its own row set
-    (``spec``) has ``C y > d`` on all of it; ``is_counterexample`` (B, *in) ->
-    (B,) decides candidate inputs. :meth:`run` searches one clause (S = 1);
-    several row sets serve searches run side by side in one batch
-    (:mod:`domains.intermediate_bab`).
+    :meth:`run` searches one clause of one property (S = 1): the clause is
+    excluded from a subproblem once some row has ``C y > d`` on all of it;
+    ``is_counterexample`` (B, *in) -> (B,) decides candidate inputs. Each
+    subproblem bounds the rows of its ``spec``, so several searches can share
+    one batch (:mod:`domains.intermediate_bab`: one per neuron bound).
     """
 
     def __init__(self, root: SplitDeepPoly, C: Tensor, d: Tensor, config: BaBConfig,
