@@ -63,20 +63,16 @@ def tighten_node(dp: SplitDeepPoly, node: int, config: IntermediateBaBConfig, de
         root.compute_intermediate_bounds(known={n: b for n, b in dp.bounds.items() if n <= node},
                                          refine_from=node + 1)
     new_lo, new_hi = lo.clone(), hi.clone()
-    leaves_per_search = 1 + 2 * config.rounds * config.width
-    per_batch = len(todo)
-    done = 0
-    while done < len(todo) and time.monotonic() < deadline:
-        part = todo[done:done + per_batch]
-        leaves = _roots(dp, root, node, part)
-        per_batch = max(1, config.max_memory // (leaves.row_bytes() * 2 * leaves_per_search))
-        if len(part) > per_batch:  # the first batch learns the size of a subproblem
-            continue
-        neurons = idx[part]
-        lower = _search(root, neurons, leaves, config, deadline)  # (2c,): min x_i, then min -x_i
-        new_lo[neurons] = torch.maximum(new_lo[neurons], lower[:len(part)])
-        new_hi[neurons] = torch.minimum(new_hi[neurons], -lower[len(part):])
-        done += len(part)
+    if len(todo) > 0:
+        leaves_per_neuron = 2 * (1 + 2 * config.rounds * config.width)  # both sides' searches at their largest
+        per_batch = max(1, config.max_memory // (_roots(dp, root, node, todo[:1]).row_bytes() * leaves_per_neuron))
+        for part in todo.split(per_batch):
+            if time.monotonic() > deadline:
+                break
+            neurons = idx[part]
+            lower = _search(root, neurons, _roots(dp, root, node, part), config, deadline)  # min x_i, then min -x_i
+            new_lo[neurons] = torch.maximum(new_lo[neurons], lower[:len(part)])
+            new_hi[neurons] = torch.minimum(new_hi[neurons], -lower[len(part):])
     return new_lo.view_as(dp.bounds[node][0]), new_hi.view_as(dp.bounds[node][1])
 
 
