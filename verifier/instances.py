@@ -149,6 +149,8 @@ class InstanceResults:
             torn = not self.path.read_bytes().endswith(b"\n")
             with open(self.path, "a") as f:
                 f.write(("\n" if torn else "") + f"# resumed: {json.dumps(meta.get('command'))}\n")
+                if "versions" in meta:  # the resumed part may run other code
+                    f.write(f"# resumed with versions: {json.dumps(meta['versions'])}\n")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:

@@ -86,13 +86,13 @@ def test_run_writes_rows_answers_and_resumes(bench, tmp_path):
     assert (answers / "mnbab" / "a__p.txt").read_text() == (
         "sat\n((X_0 0.25)\n (X_1 0.75)\n (Y_0 0.5)\n (Y_1 1.5))\n")
 
-    resumed = run_instances(instances, ["box", "mnbab"], InstanceResults(out, {"command": "again"}, resume=True),
-                            runner, answers)
+    again = {"command": "again", "versions": {"nncert_commit": "abc"}}
+    resumed = run_instances(instances, ["box", "mnbab"], InstanceResults(out, again, resume=True), runner, answers)
     assert runner.asked == [("a__p", ("box", "mnbab")), ("b__q", ("box", "mnbab"))]  # a__p not redone
     assert (answers / "box" / "b__q.txt").read_text() == "unsat\n"
     text = out.read_text()
     assert text.startswith('# command: "certify --instances x"\n# seed: 0\nonnx,vnnlib,domain,status,result,time_s\n')
-    assert '# resumed: "again"' in text
+    assert '# resumed: "again"\n# resumed with versions: {"nncert_commit": "abc"}\n' in text
     summary = summarize_instances(resumed.rows, ["box", "mnbab"])
     assert summary["box"] == {"n": 2, "unsat": 1, "sat": 1, "timeout": 0, "unknown": 0, "mean_time_s": 1.5,
                               "total_time_s": 3.0}
