@@ -445,7 +445,10 @@ class BranchAndBound:
         """Two children per subproblem, the first node whose bounds may change in each (2N,), and the children's
         cheap margins from choosing the split (2N,; > 0: the clause is already excluded there)."""
         choice, margin = self.decide(sub)
-        return *self.split(sub, choice), margin
+        children, refine_from = self.split(sub, choice)
+        if not self.config.recompute_intermediate:  # the split neurons' own bounds are clamped, nothing refined
+            refine_from = torch.full_like(refine_from, len(self.net.nodes))
+        return children, refine_from, margin
 
     def split(self, sub: Subproblems, choice: Tensor) -> tuple[Subproblems, Tensor]:
         """:meth:`children`, and the node after the pre-activation each child's split changed (2N,)."""
@@ -479,8 +482,6 @@ class BranchAndBound:
                 if len(batch) == 0:
                     continue
             children, refine_from, trial = self.branch(batch)
-            if not self.config.recompute_intermediate:
-                refine_from = torch.full_like(refine_from, len(self.net.nodes))
             # children the branching trial already excluded (or found empty) need no bounding
             self.stats["subproblems"] += len(children)
             self.stats["pruned_by_branching"] += int((trial > 0).sum())
