@@ -12,7 +12,7 @@ the certify pipeline (clean check and PGD attack shared) with:
 - ``mnbab (acs)``: everything, MN-BaB's active-constraint-score branching;
 - ``mnbab (babsr)``: everything, BaBSR branching;
 - ``mnbab (babsr top-1)``: the same without filtered smart branching (the best-scored neuron is split);
-- ``mnbab (babsr, no ib)``: everything but the intermediate bounds' searches.
+- ``mnbab (no ib)``: everything but the intermediate bounds' searches (BaBSR branching).
 
     python benchmarks/ablation_mnbab.py --model ../shared/benchmarks/vnncomp/2022_mnist_fc/onnx/mnist-net_256x4.onnx
 
@@ -51,7 +51,7 @@ VARIANTS = {
     "mnbab (acs)": ("mnbab", MNBaBConfig(bab_config=BaBConfig(branching="acs"))),
     "mnbab (babsr)": ("mnbab", MNBaBConfig(bab_config=BaBConfig(branching="babsr"))),
     "mnbab (babsr top-1)": ("mnbab", MNBaBConfig(bab_config=BaBConfig(branching="babsr", fsb_candidates=1))),
-    "mnbab (babsr, no ib)": ("mnbab", MNBaBConfig(intermediate_bab_share=0.0)),
+    "mnbab (no ib)": ("mnbab", MNBaBConfig(intermediate_bab_share=0.0)),
 }
 
 
@@ -62,17 +62,24 @@ def main() -> None:
     p.add_argument("--num", type=int, default=30)
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names among: " + ", ".join(VARIANTS))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ablation_mnbab"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    names = args.variants.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose among: {', '.join(VARIANTS)}")
 
     x, y = load_inputs_npz(demo_files()[1], 0.0, 1.0)
     x, y = x[:args.num], y[:args.num]
     onnx_model = load_onnx(args.model)
     model = adapt_to_images(onnx_model.network, onnx_model.run, tuple(x.shape[1:]))
+    meta = {"command": command_line(), "versions": versions(), "model": args.model,
+            "model_sha256": onnx_model.sha256, "eps": args.eps, "num": args.num, "timeout_s": args.timeout,
+            "threads": args.threads}
     rows = {}
-    for name in args.variants.split(","):
+    for name in names:
         domain, config = VARIANTS[name]
         pipeline = Pipeline(model.network, [domain], model.oracle, timeout=args.timeout,
                             options=Options(mnbab=config))
@@ -84,10 +91,11 @@ def main() -> None:
                       "statuses": [r["status"] for r in results]}
         print(name, {k: summary[k] for k in ("certified", "falsified", "unknown", "timeout", "mean_time_s")},
               flush=True)
-    meta = {"command": command_line(), "versions": versions(), "model": args.model,
-            "model_sha256": onnx_model.sha256, "eps": args.eps, "num": args.num, "timeout_s": args.timeout,
-            "threads": args.threads}
-    out = Path(args.out)
+        write(Path(args.out), meta, rows, args)  # after every variant: a stopped run keeps what it computed
+
+
+def write(out: Path, meta: dict, rows: dict, args: argparse.Namespace) -> None:
+    """The variants done so far as ``out``.json (everything) and ``out``.md (the table)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "variants": rows}, indent=1))
     lines = [f"{Path(args.model).name}, eps {args.eps}, first {args.num} MNIST test images, timeout {args.timeout} s, "
@@ -98,7 +106,6 @@ def main() -> None:
         lines.append(f"| {name} | {r['certified']} | {r['falsified']} | {r['unknown']} | {r['timeout']} | "
                      f"{r['mean_time_s']:.2f} | {r['total_time_s']:.1f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
