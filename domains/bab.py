@@ -68,7 +68,7 @@ class LayerConstraints:
         coef: 'a', 'b' or 'abs' (|a| + |b|). One product of gamma with the
         coefficients placed on their neurons, a sparse CSR matrix (H, n) built
         once per layer (dense times CSR needs no transposed copy of gamma:
-        4x faster on CPU than the COO product, forward and backward).
+        up to 4x faster on CPU than the COO product, forward and backward).
         """
         n, k, h = gamma.shape
         key = (coef, math.prod(shape), gamma.dtype, gamma.device)
