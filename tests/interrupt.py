@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,8 @@ def interrupt_midway(args: list[str], ready: Callable[[], bool], sig: int, timeo
     stderr). Skips the test if the run finishes before it could be interrupted."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=REPO, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=_default_sigint if os.name == "posix" else None)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None and not _safely(ready):
         time.sleep(0.05)
@@ -29,6 +31,12 @@ def interrupt_midway(args: list[str], ready: Callable[[], bool], sig: int, timeo
     process.send_signal(sig)
     _, err = process.communicate(timeout=120)
     return process.returncode, err
+
+
+def _default_sigint() -> None:
+    """SIGINT back to its default in the child: started from a background job (``cmd &`` in a script), the
+    tests inherit it ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _safely(ready: Callable[[], bool]) -> bool:
