@@ -91,15 +91,16 @@ def main() -> None:
                       "statuses": [r["status"] for r in results]}
         print(name, {k: summary[k] for k in ("certified", "falsified", "unknown", "timeout", "mean_time_s")},
               flush=True)
-        write(Path(args.out), meta, rows, args)  # after every variant: a stopped run keeps what it computed
+        write(Path(args.out), meta, rows)  # after every variant: a stopped run keeps what it computed
 
 
-def write(out: Path, meta: dict, rows: dict, args: argparse.Namespace) -> None:
+def write(out: Path, meta: dict, rows: dict) -> None:
     """The variants done so far as ``out``.json (everything) and ``out``.md (the table)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "variants": rows}, indent=1))
-    lines = [f"{Path(args.model).name}, eps {args.eps}, first {args.num} MNIST test images, timeout {args.timeout} s, "
-             f"{args.threads} thread(s), torch {meta['versions']['torch']}.", f"Command: `{meta['command']}`", "",
+    lines = [f"{Path(meta['model']).name}, eps {meta['eps']}, first {meta['num']} MNIST test images, "
+             f"timeout {meta['timeout_s']} s, {meta['threads']} thread(s), torch {meta['versions']['torch']}.",
+             f"Command: `{meta['command']}`", "",
              "| variant | certified | falsified | unknown | timeout | mean s | total s |",
              "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
