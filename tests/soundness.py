@@ -1,5 +1,5 @@
-"""Concrete witnesses for soundness tests: node values at sampled points and corners, and the smallest value
-of C y found by sampling, corners and PGD."""
+"""Concrete witnesses for soundness tests: node values at sampled points and corners, the smallest value
+of C y found by sampling, corners and PGD, and a neuron's exact range by MILP."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import itertools
 import torch
 from torch import Tensor
 
+from domains.intermediate_bab import cut_after
+from domains.milp import milp_minimize
 from domains.network import Network
 from domains.pgd import pgd_maximize
 
@@ -56,3 +58,14 @@ def concrete_minimum(net: Network, lower: Tensor, upper: Tensor, C: Tensor, samp
                                 restarts=2, generator=g)
         best[:, row] = torch.minimum(best[:, row], -value)
     return best
+
+
+def exact_range(net: Network, lower: Tensor, upper: Tensor, node: int, i: int) -> tuple[float, float]:
+    """min and max of neuron i (flat index) of ``node`` over the box lower, upper (1, *in), by MILP on the
+    network cut after ``node``."""
+    cut = cut_after(net, node)
+    c = torch.zeros(net.shapes[node], dtype=torch.float64).flatten()
+    c[i] = 1.0
+    low, _ = milp_minimize(cut, lower[0].double(), upper[0].double(), c.view(net.shapes[node]))
+    high, _ = milp_minimize(cut, lower[0].double(), upper[0].double(), -c.view(net.shapes[node]))
+    return low, -high

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from domains.bab import SplitDeepPoly, Subproblems
-from domains.intermediate_bab import IntermediateBaBConfig, cut_after, lowest_per_spec, tighten, tighten_node
-from domains.milp import milp_minimize
+from domains.intermediate_bab import IntermediateBaBConfig, lowest_per_spec, tighten, tighten_node
 from tests.random_nets import KINDS, random_network
-from tests.soundness import concrete_minimum
+from tests.soundness import concrete_minimum, exact_range
 
 
 def _root(kind, seed, radius=0.3):
@@ -19,16 +18,6 @@ def _root(kind, seed, radius=0.3):
     dp = SplitDeepPoly(net, x - radius, x + radius)
     dp.optimize(C, iterations=5)
     return net, dp, C
-
-
-def _exact_range(net, dp, node, i):
-    """min and max of neuron i of ``node`` over the input box, by MILP on the cut network."""
-    cut = cut_after(net, node)
-    c = torch.zeros(net.shapes[node], dtype=torch.float64).flatten()
-    c[i] = 1.0
-    low, _ = milp_minimize(cut, dp.lower[0].double(), dp.upper[0].double(), c.view(net.shapes[node]))
-    high, _ = milp_minimize(cut, dp.lower[0].double(), dp.upper[0].double(), -c.view(net.shapes[node]))
-    return low, -high
 
 
 # the conv net's MILPs take seconds each: one seed, a smaller box
@@ -46,7 +35,7 @@ def test_tightened_bounds_contain_the_exact_range(kind, seed, radius):
         assert (new_lo >= lo).all() and (new_hi <= hi).all()
         gain = (new_lo - lo) + (hi - new_hi)
         for i in gain.argsort(descending=True)[:2].tolist():
-            low, high = _exact_range(net, dp, node, i)
+            low, high = exact_range(net, dp.lower, dp.upper, node, i)
             assert new_lo[i] <= low + 1e-5 and new_hi[i] >= high - 1e-5
         moved += int(((new_lo > lo + 1e-4) | (new_hi < hi - 1e-4)).sum())
     assert moved > 0

@@ -1,5 +1,6 @@
 """MN-BaB end to end: verdicts agree with exact MILP, every property of tiny nets is decided, precision order."""
 
+import math
 import time
 from dataclasses import replace
 
@@ -12,12 +13,13 @@ from domains.bab import BaBConfig
 from domains.deeppoly import DeepPoly
 from domains.from_torch import network_from_torch
 from domains.input_bab import clause_margins
+from domains.intermediate_bab import IntermediateBaBConfig, tighten
 from domains.milp import milp_verify
 from domains.mnbab import MNBaBConfig, mnbab_verify, root_bounds, tighten_root
 from domains.pgd import pgd_maximize
 from tests.paths import mnist_fc_property
 from tests.random_nets import fc_model, random_network, random_region
-from tests.soundness import assert_node_bounds_hold, concrete_minimum
+from tests.soundness import assert_node_bounds_hold, concrete_minimum, exact_range
 from verifier.spec import robustness_spec
 
 KINDS = ["fc", "conv", "residual"]
@@ -206,7 +208,8 @@ def test_intermediate_bounds_searches_certify_mnist_fc_prop_5_at_the_root():
     n_clauses = int(batch.clause.max()) + 1
     dp, bound = root_bounds(net, lower, upper, C, MNBaBConfig(), time.monotonic() + 240)
     assert not (clause_margins(bound, d, batch.clause, n_clauses) > 0).all()
-    bound = tighten_root(dp, C, MNBaBConfig(), time.monotonic() + 240)
+    bound = tighten_root(dp, C, bound, lambda b: float(clause_margins(b, d, batch.clause, n_clauses).min()),
+                         MNBaBConfig(), time.monotonic() + 240)
     assert (clause_margins(bound, d, batch.clause, n_clauses) > 0).all()
     assert_node_bounds_hold(net, dp.bounds, lower[None], upper[None], samples=2000, tol=1e-4)
     for node in dp.refine_idx:  # PGD on the smallest slack of each tightened node's bounds, below and above
@@ -262,3 +265,37 @@ def test_multineuron_constraints_tighten_the_mnist_fc_intermediate_bounds():
         lo, hi = dp.bounds[net.nodes[net.relu_nodes[1]].inputs[0]]
         width[intermediate_gamma] = float((hi - lo)[(lo < 0) & (hi > 0)].mean())
     assert width[True] < 0.98 * width[False], width
+
+
+def test_deeper_passes_tighten_the_intermediate_bounds_while_they_pay_off():
+    """With no time limit the passes of ever deeper searches end on their own, once one closes less than a
+    quarter of the margin it started from. Their bounds are at least one pass's and tighter somewhere, never
+    past the exact MILP range of the neurons they moved most, and the final bound stays below the sampled and
+    PGD minimum. The property's first pass closes half of the root's negative margin (-0.56 -> -0.29)."""
+    net, props = _properties("residual", 0, [0.3])
+    lower, upper, spec = props[0]
+    C = spec.C.unsqueeze(0)
+    config = MNBaBConfig(intermediate_bab_share=1.0, intermediate_bab_deepen=0.25,
+                         intermediate_bab_config=IntermediateBaBConfig(rounds=2, width=2))
+    one_pass, _ = root_bounds(net, lower, upper, C, config)
+    tighten(one_pass, config.intermediate_bab_config, math.inf)
+    dp, root = root_bounds(net, lower, upper, C, config)
+
+    def margin(bound):
+        return float(clause_margins(bound, spec.d[None], spec.clause, int(spec.clause.max()) + 1).min())
+
+    stats = {}
+    bound = tighten_root(dp, C, root, margin, config, math.inf, stats=stats)
+    assert stats["intermediate_passes"] >= 2
+    deeper = 0
+    for node in dp.refine_idx:
+        lo, hi = (t.flatten() for t in dp.bounds[node])
+        lo1, hi1 = (t.flatten() for t in one_pass.bounds[node])
+        assert (lo >= lo1 - 1e-6).all() and (hi <= hi1 + 1e-6).all()
+        deeper += int(((lo > lo1 + 1e-4) | (hi < hi1 - 1e-4)).sum())
+        for i in ((lo - lo1) + (hi1 - hi)).argsort(descending=True)[:2].tolist():
+            low, high = exact_range(net, dp.lower, dp.upper, node, i)
+            assert lo[i] <= low + 1e-5 and hi[i] >= high - 1e-5
+    assert deeper > 0
+    assert (bound >= root - 1e-5).all()
+    assert (bound <= concrete_minimum(net, lower[None], upper[None], C) + 1e-5).all()
