@@ -180,9 +180,10 @@ def tighten_root(dp: SplitDeepPoly, C: Tensor, bound: Tensor, margin: Callable[[
         best = torch.maximum(best, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=False,
                                                done=stop_by(deadline, lambda b: margin(b) > 0),
                                                lr_of={"gamma": config.lr_gamma}))
-        closed, gap = gap + margin(best), -margin(best)
-        if gap < 0 or closed <= config.intermediate_bab_deepen * (closed + gap) or time.monotonic() > stop:
+        left = -margin(best)
+        if left < 0 or gap - left <= config.intermediate_bab_deepen * gap or time.monotonic() > stop:
             return best
+        gap = left
         search = replace(search, rounds=2 * search.rounds, width=2 * search.width)
 
 
