@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -44,17 +45,23 @@ def cut_after(net: Network, node: int) -> Network:
     return Network(net.input_shape, [(n.op, n.inputs) for n in net.nodes[1:node + 1]])
 
 
-def tighten_node(dp: SplitDeepPoly, node: int, config: IntermediateBaBConfig, deadline: float) -> Bounds:
+def tighten_node(dp: SplitDeepPoly, node: int, config: IntermediateBaBConfig, deadline: float,
+                 rows: Tensor | None = None) -> Bounds:
     """Bounds (1, *s) of pre-activation ``node`` of a single-sample ``dp`` by a search per unstable neuron and side.
 
-    ``dp`` must have refined ``node`` (``dp.refine_idx[node]``); the searches
-    start from its multipliers for those rows (slopes, multi-neuron gamma), so
-    their roots are the bounds ``dp`` has, and only the layers before ``node``
-    are split. Neurons not reached by the ``deadline`` keep their bounds.
+    ``dp`` must have refined ``node`` (``dp.refine_idx[node]``, K neurons); the
+    searches start from its multipliers for those rows (slopes, multi-neuron
+    gamma), so their roots are the bounds ``dp`` has, and only the layers
+    before ``node`` are split. ``rows`` (R,) picks the searches among dp's rows
+    of the node, 0..2K-1: row r < K is the lower bound of neuron
+    ``refine_idx[r]``, row K + r its upper bound (default: both sides of every
+    unstable neuron). Bounds not reached by the ``deadline`` stay.
     """
     lo, hi = (t.flatten(1)[0] for t in dp.bounds[node])
     idx = dp.refine_idx[node][0]  # (K,) the neurons dp bounded by back-substitution, rows +x_i then -x_i
-    todo = torch.nonzero((lo[idx] < 0) & (hi[idx] > 0)).flatten()  # positions among idx
+    if rows is None:
+        unstable = torch.nonzero((lo[idx] < 0) & (hi[idx] > 0)).flatten()
+        rows = torch.cat([unstable, unstable + len(idx)])
     net = cut_after(dp.net, node)
     root = SplitDeepPoly(net, dp.lower, dp.upper, {r: c for r, c in dp.constraints.items() if r < node})
     root.alpha = {key: a for key, a in dp.alpha.items() if key[0] < node}  # slopes of the earlier nodes' bounds
@@ -63,30 +70,28 @@ def tighten_node(dp: SplitDeepPoly, node: int, config: IntermediateBaBConfig, de
         root.compute_intermediate_bounds(known={n: b for n, b in dp.bounds.items() if n <= node},
                                          refine_from=node + 1)
     new_lo, new_hi = lo.clone(), hi.clone()
-    if len(todo) > 0:
-        leaves_per_neuron = 2 * (1 + 2 * config.rounds * config.width)  # both sides' searches at their largest
-        per_batch = max(1, config.max_memory // (_roots(dp, root, node, todo[:1]).row_bytes() * leaves_per_neuron))
-        for part in todo.split(per_batch):
+    if len(rows) > 0:
+        leaves_per_row = 1 + 2 * config.rounds * config.width  # a search at its largest
+        per_batch = max(1, config.max_memory // (_roots(dp, root, node, rows[:1]).row_bytes() * leaves_per_row))
+        for part in rows.split(per_batch):
             if time.monotonic() > deadline:
                 break
-            neurons = idx[part]
-            lower = _search(root, neurons, _roots(dp, root, node, part), config, deadline)  # min x_i, then min -x_i
-            new_lo[neurons] = torch.maximum(new_lo[neurons], lower[:len(part)])
-            new_hi[neurons] = torch.minimum(new_hi[neurons], -lower[len(part):])
+            lowest = _search(root, idx, part, _roots(dp, root, node, part), config, deadline)
+            lower, upper = part < len(idx), part >= len(idx)  # min x_i, min -x_i
+            new_lo[idx[part[lower]]] = torch.maximum(new_lo[idx[part[lower]]], lowest[lower])
+            new_hi[idx[part[upper] - len(idx)]] = torch.minimum(new_hi[idx[part[upper] - len(idx)]], -lowest[upper])
     return new_lo.view_as(dp.bounds[node][0]), new_hi.view_as(dp.bounds[node][1])
 
 
-def _roots(dp: SplitDeepPoly, root: SplitDeepPoly, node: int, part: Tensor) -> Subproblems:
-    """One unsplit subproblem per bound of the neurons at positions ``part`` of ``dp.refine_idx[node]`` (2c,):
-    lower bounds first, then upper bounds, with the multipliers ``dp`` optimised for those rows."""
-    k, c = dp.refine_idx[node].shape[1], len(part)
-    rows = torch.cat([part, part + k])  # dp's rows of these neurons: +x_i then -x_i
+def _roots(dp: SplitDeepPoly, root: SplitDeepPoly, node: int, rows: Tensor) -> Subproblems:
+    """One unsplit subproblem per row ``rows`` (R,) of ``dp``'s bounds of ``node``, with the multipliers ``dp``
+    optimised for those rows."""
     lo = root.lower
-    net, n = root.net, 2 * c
+    net, n = root.net, len(rows)
     relus = net.relu_nodes
 
     def per_row(params: dict[tuple[int, int], Tensor], relu: int) -> Tensor:
-        return params[(node, relu)][:, rows].transpose(0, 1)  # (2c, 1, ...)
+        return params[(node, relu)][:, rows].transpose(0, 1)  # (R, 1, ...)
 
     return Subproblems(
         bounds={p: tuple(b.expand(n, *b.shape[1:]) for b in root.bounds[p]) for p in (net.nodes[r].inputs[0]
@@ -99,15 +104,15 @@ def _roots(dp: SplitDeepPoly, root: SplitDeepPoly, node: int, part: Tensor) -> S
         spec=torch.arange(n, device=lo.device))
 
 
-def _search(root: SplitDeepPoly, neurons: Tensor, leaves: Subproblems, config: IntermediateBaBConfig,
+def _search(root: SplitDeepPoly, idx: Tensor, rows: Tensor, leaves: Subproblems, config: IntermediateBaBConfig,
             deadline: float) -> Tensor:
-    """Search min x_i, then min -x_i, for the output neurons ``neurons`` (c,) of ``root``'s network, one root
-    subproblem each in ``leaves`` (spec 0..2c-1): each search's lowest leaf bound (2c,)."""
-    c, shape = len(neurons), root.net.output_shape
-    C = root.lower.new_zeros(2 * c, 1, math.prod(shape))
-    C[torch.arange(c), 0, neurons] = 1.0
-    C[torch.arange(c, 2 * c), 0, neurons] = -1.0
-    search = BranchAndBound(root, C.view(2 * c, 1, *shape), root.lower.new_full((2 * c, 1), torch.inf),
+    """Search the minimum of each row ``rows`` (R,) over ``root``'s network: row r < K (K = len(idx)) is +x of
+    output neuron idx[r], row K + r is -x of idx[r]; one root subproblem each in ``leaves`` (spec 0..R-1).
+    Returns each search's lowest leaf bound (R,)."""
+    n, k, shape = len(rows), len(idx), root.net.output_shape
+    C = root.lower.new_zeros(n, 1, math.prod(shape))
+    C[torch.arange(n), 0, idx[rows % k]] = torch.where(rows < k, 1.0, -1.0).to(C)
+    search = BranchAndBound(root, C.view(n, 1, *shape), root.lower.new_full((n, 1), torch.inf),
                             config.bab_config, lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline)
     leaves, _, _ = search.bound(leaves, refine_from=len(root.net.nodes), iterations=0)
     for _ in range(config.rounds):
@@ -118,7 +123,7 @@ def _search(root: SplitDeepPoly, neurons: Tensor, leaves: Subproblems, config: I
         keep = trial <= 0  # +inf: the trial found the child empty
         children, feasible, _ = search.bound(children.select(keep), refine_from[keep], config.bab_config.iterations)
         leaves = Subproblems.cat([leaves.select(~pick), children.select(feasible)])
-    lowest = leaves.lower.new_full((2 * c,), torch.inf).scatter_reduce(0, leaves.spec, leaves.lower[:, 0], "amin")
+    lowest = leaves.lower.new_full((n,), torch.inf).scatter_reduce(0, leaves.spec, leaves.lower[:, 0], "amin")
     # a search whose leaves all turned out empty (only by rounding: its region is the input box's image) says nothing
     return torch.where(torch.isfinite(lowest), lowest, torch.full_like(lowest, -torch.inf))
 
@@ -135,15 +140,50 @@ def lowest_per_spec(sub: Subproblems, width: int) -> Tensor:
     return mask
 
 
-def tighten(dp: SplitDeepPoly, config: IntermediateBaBConfig, deadline: float) -> None:
+def tighten(dp: SplitDeepPoly, config: IntermediateBaBConfig, deadline: float,
+            objective: Callable[[SplitDeepPoly], Tensor] | None = None, focus: float = 1.0) -> None:
     """Tighten the refined intermediate bounds of a single-sample ``dp`` node by node, in place.
 
     Each node's searches see the earlier nodes' tightened bounds, and the
     bounds of the nodes after it are recomputed (with ``dp``'s multipliers).
+    With an ``objective`` (what the bounds serve, e.g. the property's
+    negative margins, as a function of ``dp``'s final bound) and ``focus`` < 1,
+    only the searches of highest :func:`priority` run, until they account
+    for ``focus`` of the node's total priority.
     """
     for node in sorted(dp.refine_idx):
         if time.monotonic() > deadline:
             break
-        dp.bounds[node] = tighten_node(dp, node, config, deadline)
+        rows = None
+        if objective is not None and focus < 1:
+            rows = most_promising(priority(dp, node, objective), focus)
+        dp.bounds[node] = tighten_node(dp, node, config, deadline, rows)
         with torch.no_grad():
             dp.compute_intermediate_bounds(known=dict(dp.bounds), refine_from=node + 1)
+
+
+def priority(dp: SplitDeepPoly, node: int, objective: Callable[[SplitDeepPoly], Tensor]) -> Tensor:
+    """Per row of ``node``'s searches (2K,: lower bounds, then upper bounds of ``dp.refine_idx[node]``), what
+    tightening that bound could give the ``objective``: its derivative with respect to the bound (the final
+    multipliers fixed) times the room the bound has before the neuron turns stable (-lo, resp. hi); 0 for
+    stable neurons."""
+    known = dict(dp.bounds)
+    leaves = {n: tuple(t.detach().clone().requires_grad_(True) for t in known[n]) for n in dp.refine_idx}
+    with torch.enable_grad():
+        dp.compute_intermediate_bounds(known={**known, **leaves}, refine_from=len(dp.net.nodes))
+        objective(dp).backward()
+    with torch.no_grad():
+        dp.compute_intermediate_bounds(known=known, refine_from=len(dp.net.nodes))
+    idx = dp.refine_idx[node][0]
+    lo, hi = (t.flatten()[idx] for t in known[node])
+    d_lo, d_hi = (t.grad.flatten()[idx] for t in leaves[node])
+    unstable = (lo < 0) & (hi > 0)
+    return torch.cat([d_lo.clamp(min=0) * -lo, (-d_hi).clamp(min=0) * hi]) * unstable.repeat(2)
+
+
+def most_promising(score: Tensor, share: float) -> Tensor:
+    """Indices of the highest positive scores (R,) that together make up ``share`` of the total (at least one)."""
+    order = score.argsort(descending=True)
+    total = score[order].cumsum(0)
+    keep = order[:int((total < share * total[-1]).sum()) + 1]
+    return keep[score[keep] > 0]

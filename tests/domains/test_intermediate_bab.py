@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from domains.bab import SplitDeepPoly, Subproblems
-from domains.intermediate_bab import IntermediateBaBConfig, lowest_per_spec, tighten, tighten_node
+from domains.intermediate_bab import (
+    IntermediateBaBConfig,
+    lowest_per_spec,
+    most_promising,
+    priority,
+    tighten,
+    tighten_node,
+)
 from tests.random_nets import KINDS, random_network
 from tests.soundness import concrete_minimum, exact_range
 
@@ -65,3 +72,73 @@ def test_lowest_per_spec_takes_the_lowest_of_each_search():
     sub = Subproblems(bounds={}, split={}, alpha={}, beta={}, gamma={}, lower=lower.unsqueeze(1),
                       depth=torch.zeros(7, dtype=torch.long), spec=spec)
     assert lowest_per_spec(sub, 2).tolist() == [False, True, True, True, True, False, True]
+
+
+def _negative_bounds(C):
+    """The objective of the priorities in these tests: the sum of the final bound's negative rows."""
+    return lambda dp: dp.linear_lower(dp.output, C).clamp(max=0).sum()
+
+
+@pytest.mark.parametrize("kind", ["fc", "residual"])
+def test_priority_is_the_gain_of_tightening_a_bound_per_share_of_its_room(kind):
+    """Moving the top-priority bound of every node by a small share t of its room (towards 0) raises the
+    objective by t x its priority (the final multipliers fixed); stable neurons have none."""
+    net, dp, C = _root(kind, 0)
+    objective = _negative_bounds(C)
+    base = float(objective(dp))
+    assert base < 0
+    t = 1e-3
+    for node in sorted(dp.refine_idx):
+        score = priority(dp, node, objective)
+        idx = dp.refine_idx[node][0]
+        lo, hi = (b.flatten()[idx] for b in dp.bounds[node])
+        assert (score[torch.cat([(lo >= 0) | (hi <= 0)] * 2)] == 0).all()
+        row = int(score.argmax())
+        if score[row] <= 0:
+            continue
+        bounds = dict(dp.bounds)
+        new_lo, new_hi = (b.clone().flatten() for b in bounds[node])
+        k = len(idx)
+        if row < k:
+            new_lo[idx[row]] += t * -new_lo[idx[row]]
+        else:
+            new_hi[idx[row - k]] -= t * new_hi[idx[row - k]]
+        moved = SplitDeepPoly(net, dp.lower, dp.upper)
+        moved.alpha, moved.refine_idx = dp.alpha, dp.refine_idx
+        with torch.no_grad():
+            moved.compute_intermediate_bounds(
+                known={**bounds, node: (new_lo.view_as(bounds[node][0]), new_hi.view_as(bounds[node][1]))},
+                refine_from=len(net.nodes))
+            gain = float(objective(moved)) - base
+        assert gain == pytest.approx(t * float(score[row]), rel=0.05)
+
+
+def test_most_promising_takes_the_highest_scores_up_to_a_share_of_the_total():
+    score = torch.tensor([0.0, 5.0, 3.0, 2.0, 0.0])
+    assert most_promising(score, 0.6).tolist() == [1, 2]  # 5 < 6 <= 5 + 3
+    assert most_promising(score, 0.5).tolist() == [1]
+    assert sorted(most_promising(score, 1.0).tolist()) == [1, 2, 3]  # never the zeros
+    assert most_promising(torch.zeros(3), 0.9).tolist() == []
+
+
+@pytest.mark.parametrize("kind", ["fc", "residual"])
+def test_searches_of_chosen_rows_move_only_those_bounds(kind):
+    """tighten_node with rows: the chosen bounds tighten as without rows, the others stay."""
+    net, dp, C = _root(kind, 1)
+    config = IntermediateBaBConfig(rounds=3, width=4)
+    for node in sorted(dp.refine_idx):
+        idx = dp.refine_idx[node][0]
+        lo, hi = (t.flatten() for t in dp.bounds[node])
+        all_lo, all_hi = (t.flatten() for t in tighten_node(dp, node, config, float("inf")))
+        unstable = torch.nonzero((lo[idx] < 0) & (hi[idx] > 0)).flatten()
+        rows = torch.cat([unstable[::2], unstable[1::2] + len(idx)])  # every other neuron's lower bound, and the
+        new_lo, new_hi = (t.flatten() for t in tighten_node(dp, node, config, float("inf"), rows))  # others' upper
+        chosen_lo, chosen_hi = idx[unstable[::2]], idx[unstable[1::2]]
+        assert torch.allclose(new_lo[chosen_lo], all_lo[chosen_lo], atol=1e-5)
+        assert torch.allclose(new_hi[chosen_hi], all_hi[chosen_hi], atol=1e-5)
+        untouched_lo = torch.ones_like(lo, dtype=torch.bool)
+        untouched_lo[chosen_lo] = False
+        untouched_hi = torch.ones_like(hi, dtype=torch.bool)
+        untouched_hi[chosen_hi] = False
+        assert torch.equal(new_lo[untouched_lo], lo[untouched_lo])
+        assert torch.equal(new_hi[untouched_hi], hi[untouched_hi])
