@@ -171,12 +171,14 @@ def priority(dp: SplitDeepPoly, node: int, objective: Callable[[SplitDeepPoly], 
     leaves = {n: tuple(t.detach().clone().requires_grad_(True) for t in known[n]) for n in dp.refine_idx}
     with torch.enable_grad():
         dp.compute_intermediate_bounds(known={**known, **leaves}, refine_from=len(dp.net.nodes))
-        objective(dp).backward()
+        # autograd.grad, not backward: parameters of the network (a torch model's) get no .grad
+        grads = torch.autograd.grad(objective(dp), leaves[node], allow_unused=True)
     with torch.no_grad():
         dp.compute_intermediate_bounds(known=known, refine_from=len(dp.net.nodes))
     idx = dp.refine_idx[node][0]
     lo, hi = (t.flatten()[idx] for t in known[node])
-    d_lo, d_hi = (t.grad.flatten()[idx] for t in leaves[node])
+    d_lo, d_hi = (torch.zeros_like(t) if g is None else g for g, t in zip(grads, known[node]))
+    d_lo, d_hi = d_lo.flatten()[idx], d_hi.flatten()[idx]
     unstable = (lo < 0) & (hi > 0)
     return torch.cat([d_lo.clamp(min=0) * -lo, (-d_hi).clamp(min=0) * hi]) * unstable.repeat(2)
 
