@@ -77,9 +77,9 @@ def tighten_node(dp: SplitDeepPoly, node: int, config: IntermediateBaBConfig, de
             if time.monotonic() > deadline:
                 break
             lowest = _search(root, idx, part, _roots(dp, root, node, part), config, deadline)
-            lower, upper = part < len(idx), part >= len(idx)  # min x_i, min -x_i
-            new_lo[idx[part[lower]]] = torch.maximum(new_lo[idx[part[lower]]], lowest[lower])
-            new_hi[idx[part[upper] - len(idx)]] = torch.minimum(new_hi[idx[part[upper] - len(idx)]], -lowest[upper])
+            neurons, lower = idx[part % len(idx)], part < len(idx)  # rows min x_i, else min -x_i
+            new_lo[neurons[lower]] = torch.maximum(new_lo[neurons[lower]], lowest[lower])
+            new_hi[neurons[~lower]] = torch.minimum(new_hi[neurons[~lower]], -lowest[~lower])
     return new_lo.view_as(dp.bounds[node][0]), new_hi.view_as(dp.bounds[node][1])
 
 
@@ -168,11 +168,11 @@ def priority(dp: SplitDeepPoly, node: int, objective: Callable[[SplitDeepPoly], 
     multipliers fixed) times the room the bound has before the neuron turns stable (-lo, resp. hi); 0 for
     stable neurons."""
     known = dict(dp.bounds)
-    leaves = {n: tuple(t.detach().clone().requires_grad_(True) for t in known[n]) for n in dp.refine_idx}
+    leaf = tuple(t.detach().clone().requires_grad_(True) for t in known[node])
     with torch.enable_grad():
-        dp.compute_intermediate_bounds(known={**known, **leaves}, refine_from=len(dp.net.nodes))
+        dp.compute_intermediate_bounds(known={**known, node: leaf}, refine_from=len(dp.net.nodes))
         # autograd.grad, not backward: parameters of the network (a torch model's) get no .grad
-        grads = torch.autograd.grad(objective(dp), leaves[node], allow_unused=True)
+        grads = torch.autograd.grad(objective(dp), leaf, allow_unused=True)
     with torch.no_grad():
         dp.compute_intermediate_bounds(known=known, refine_from=len(dp.net.nodes))
     idx = dp.refine_idx[node][0]
