@@ -108,24 +108,35 @@ def _search(root: SplitDeepPoly, idx: Tensor, rows: Tensor, leaves: Subproblems,
             deadline: float) -> Tensor:
     """Search the minimum of each row ``rows`` (R,) over ``root``'s network: row r < K (K = len(idx)) is +x of
     output neuron idx[r], row K + r is -x of idx[r]; one root subproblem each in ``leaves`` (spec 0..R-1).
-    Returns each search's lowest leaf bound (R,)."""
+    A neuron's searches stop once either proves it stable. Returns each search's lowest leaf bound (R,)."""
     n, k, shape = len(rows), len(idx), root.net.output_shape
     C = root.lower.new_zeros(n, 1, math.prod(shape))
     C[torch.arange(n), 0, idx[rows % k]] = torch.where(rows < k, 1.0, -1.0).to(C)
     search = BranchAndBound(root, C.view(n, 1, *shape), root.lower.new_full((n, 1), torch.inf),
                             config.bab_config, lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline)
     leaves, _, _ = search.bound(leaves, refine_from=len(root.net.nodes), iterations=0)
+    neuron = rows % k  # (R,) position in idx
     for _ in range(config.rounds):
-        pick = lowest_per_spec(leaves, config.width) & leaves.branchable()
+        # a stable neuron's relaxation is exact whatever its bounds: on 256x6 prop_11_0.05 a 20 x 32 pass stabilises
+        # 157 neurons of layer 5 in 6 s instead of 160 s
+        lowest = _lowest(leaves, n)
+        proved = neuron[(lowest > 0) & torch.isfinite(lowest)]
+        stable = torch.zeros(k, dtype=torch.bool, device=idx.device).index_fill_(0, proved, True)
+        pick = lowest_per_spec(leaves, config.width) & leaves.branchable() & ~stable[neuron[leaves.spec]]
         if not bool(pick.any()) or time.monotonic() > deadline:
             break
         children, refine_from, trial = search.branch(leaves.select(pick))
         keep = trial <= 0  # +inf: the trial found the child empty
         children, feasible, _ = search.bound(children.select(keep), refine_from[keep], config.bab_config.iterations)
         leaves = Subproblems.cat([leaves.select(~pick), children.select(feasible)])
-    lowest = leaves.lower.new_full((n,), torch.inf).scatter_reduce(0, leaves.spec, leaves.lower[:, 0], "amin")
+    lowest = _lowest(leaves, n)
     # a search whose leaves all turned out empty (only by rounding: its region is the input box's image) says nothing
     return torch.where(torch.isfinite(lowest), lowest, torch.full_like(lowest, -torch.inf))
+
+
+def _lowest(leaves: Subproblems, n: int) -> Tensor:
+    """Each of ``n`` searches' lowest leaf bound (n,); +inf for a search without leaves."""
+    return leaves.lower.new_full((n,), torch.inf).scatter_reduce(0, leaves.spec, leaves.lower[:, 0], "amin")
 
 
 def lowest_per_spec(sub: Subproblems, width: int) -> Tensor:
@@ -164,13 +175,20 @@ def tighten(dp: SplitDeepPoly, config: IntermediateBaBConfig, deadline: float,
 
 def priority(dp: SplitDeepPoly, node: int, objective: Callable[[SplitDeepPoly], Tensor]) -> Tensor:
     """Per row of ``node``'s searches (2K,: lower bounds, then upper bounds of ``dp.refine_idx[node]``), what
-    tightening that bound could give the ``objective``: its derivative with respect to the bound (the final
+    tightening that bound could give the ``objective``: its derivative with respect to the bound (``dp``'s
     multipliers fixed) times the room the bound has before the neuron turns stable (-lo, resp. hi); 0 for
-    stable neurons."""
+    stable neurons.
+
+    The derivative is taken with the later nodes' bounds recomputed from this one's by back-substitution,
+    not intersected with tighter bounds they may have from searches: those would cut the paths through them,
+    and a bound's largest effect is often on the later bounds (on 256x6 prop_11_0.05, stabilising layer 5
+    lifts the worst margin from -57 to -6 through layer 6's bounds; the direct effect ranked other rows first).
+    """
     known = dict(dp.bounds)
     leaf = tuple(t.detach().clone().requires_grad_(True) for t in known[node])
+    earlier = {n: b for n, b in known.items() if n < node}
     with torch.enable_grad():
-        dp.compute_intermediate_bounds(known={**known, node: leaf}, refine_from=len(dp.net.nodes))
+        dp.compute_intermediate_bounds(known={**earlier, node: leaf}, refine_from=node + 1)
         # autograd.grad, not backward: parameters of the network (a torch model's) get no .grad
         grads = torch.autograd.grad(objective(dp), leaf, allow_unused=True)
     with torch.no_grad():
