@@ -143,7 +143,7 @@ def test_searches_of_chosen_rows_move_only_those_bounds(kind):
         # as tight as there; tighter only where the full run stopped a search its neuron's other one proved stable
         assert (new_lo[chosen_lo] >= all_lo[chosen_lo] - 1e-5).all()
         assert (new_hi[chosen_hi] <= all_hi[chosen_hi] + 1e-5).all()
-        same_lo, same_hi = all_hi[chosen_lo] > 0, all_lo[chosen_hi] < 0
+        same_lo, same_hi = all_hi[chosen_lo] >= 0, all_lo[chosen_hi] <= 0  # the other search proved nothing
         assert torch.allclose(new_lo[chosen_lo][same_lo], all_lo[chosen_lo][same_lo], atol=1e-5)
         assert torch.allclose(new_hi[chosen_hi][same_hi], all_hi[chosen_hi][same_hi], atol=1e-5)
         untouched_lo = torch.ones_like(lo, dtype=torch.bool)
