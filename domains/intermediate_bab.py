@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -152,25 +152,40 @@ def lowest_per_spec(sub: Subproblems, width: int) -> Tensor:
 
 
 def tighten(dp: SplitDeepPoly, config: IntermediateBaBConfig, deadline: float,
-            objective: Callable[[SplitDeepPoly], Tensor] | None = None, focus: float = 1.0) -> None:
+            objective: Callable[[SplitDeepPoly], Tensor] | None = None, focus: float = 1.0,
+            skip: Collection[int] = ()) -> dict[int, float]:
     """Tighten the refined intermediate bounds of a single-sample ``dp`` node by node, in place.
 
     Each node's searches see the earlier nodes' tightened bounds, and the
     bounds of the nodes after it are recomputed (with ``dp``'s multipliers).
-    With an ``objective`` (what the bounds serve, e.g. the property's
-    negative margins, as a function of ``dp``'s final bound) and ``focus`` < 1,
-    only the searches of highest :func:`priority` run, until they account
-    for ``focus`` of the node's total priority.
+    Nodes in ``skip`` are left as they are. With an ``objective`` (what the
+    bounds serve, e.g. the sum of the property's negative margins, <= 0, as
+    a function of ``dp``'s final bound) and ``focus`` < 1, only the searches
+    of highest :func:`priority` run, until they account for ``focus`` of the
+    node's total priority. Returns, with an ``objective``, each searched
+    node's gain: the share of the objective's distance to 0 that its
+    searches closed (the later bounds recomputed from them); else {}.
     """
-    for node in sorted(dp.refine_idx):
+    gains = {}
+    for node in sorted(set(dp.refine_idx) - set(skip)):
         if time.monotonic() > deadline:
             break
-        rows = None
-        if objective is not None and focus < 1:
-            rows = most_promising(priority(dp, node, objective), focus)
+        rows, before = None, None
+        if objective is not None:
+            before = _value(objective, dp)
+            if focus < 1:
+                rows = most_promising(priority(dp, node, objective), focus)
         dp.bounds[node] = tighten_node(dp, node, config, deadline, rows)
         with torch.no_grad():
             dp.compute_intermediate_bounds(known=dict(dp.bounds), refine_from=node + 1)
+        if before is not None:
+            gains[node] = (_value(objective, dp) - before) / max(-before, 1e-12)
+    return gains
+
+
+def _value(objective: Callable[[SplitDeepPoly], Tensor], dp: SplitDeepPoly) -> float:
+    with torch.no_grad():
+        return float(objective(dp))
 
 
 def priority(dp: SplitDeepPoly, node: int, objective: Callable[[SplitDeepPoly], Tensor]) -> Tensor:

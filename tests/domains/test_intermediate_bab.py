@@ -1,5 +1,7 @@
 """Intermediate bounds by a branch-and-bound per neuron: tighter than the root's, never past the exact range."""
 
+import math
+
 import pytest
 import torch
 
@@ -183,3 +185,26 @@ def test_searches_stop_once_their_neuron_is_proved_stable(kind, monkeypatch):
         assert not stable[searched].any()
         checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize("kind", ["conv", "residual"])  # two refined nodes (fc: one)
+def test_gains_are_the_shares_of_the_objective_each_node_closed(kind):
+    """With an objective, each searched node's gain is the share of the objective's distance to 0 its searches
+    closed: chained over the nodes they give the objective's value after all of them. A skipped node is not
+    searched: the first node's bounds stay exactly as they were."""
+    net, dp, C = _root(kind, 0)
+
+    def objective(dp):
+        return dp.linear_lower(dp.output, C).clamp(max=0).sum()
+
+    with torch.no_grad():
+        before = float(objective(dp))
+    nodes = sorted(dp.refine_idx)
+    first = tuple(t.clone() for t in dp.bounds[nodes[0]])
+    gains = tighten(dp, IntermediateBaBConfig(rounds=3, width=4), float("inf"), objective, skip=nodes[:1])
+    with torch.no_grad():
+        after = float(objective(dp))
+    assert before < after < 0
+    assert sorted(gains) == nodes[1:]
+    assert -after == pytest.approx(-before * math.prod(1 - g for g in gains.values()), rel=1e-4)
+    assert all(torch.equal(t, t0) for t, t0 in zip(dp.bounds[nodes[0]], first))

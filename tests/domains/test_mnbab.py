@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from domains import box
+from domains import box, intermediate_bab, mnbab
 from domains.alpha import AlphaDeepPoly
 from domains.bab import BaBConfig
 from domains.deeppoly import DeepPoly
@@ -221,6 +221,42 @@ def test_intermediate_bounds_searches_certify_mnist_fc_prop_5_at_the_root():
             _, worst = pgd_maximize(violation, lower[None], upper[None], steps=50, step_size=0.05, restarts=4,
                                     generator=torch.Generator().manual_seed(node))
             assert float(worst.max()) <= 1e-4
+
+
+@pytest.mark.parametrize("drop", [-math.inf, 1.0])
+def test_passes_leave_out_the_nodes_whose_searches_closed_too_little(drop, monkeypatch):
+    """A node whose searches closed less than ``intermediate_bab_drop`` of the negative margins' sum in a pass is
+    not searched in the passes after it. No pass closes all of it: at 1 the second pass searches nothing (and
+    is the last, having gained nothing); at -inf every pass searches every refined node."""
+    net, props = _properties("residual", 0, [0.3])
+    lower, upper, spec = props[0]
+    C = spec.C.unsqueeze(0)
+    config = MNBaBConfig(intermediate_bab_share=1.0, intermediate_bab_deepen=0.25, intermediate_bab_drop=drop,
+                         intermediate_bab_config=IntermediateBaBConfig(rounds=2, width=2))
+    dp, root = root_bounds(net, lower, upper, C, config)
+    passes = []
+    tighten_pass, search_node = mnbab.tighten, intermediate_bab.tighten_node
+
+    def spy_pass(*args, **kwargs):
+        passes.append([])
+        return tighten_pass(*args, **kwargs)
+
+    def spy_node(dp, node, *args):
+        passes[-1].append(node)
+        return search_node(dp, node, *args)
+
+    monkeypatch.setattr(mnbab, "tighten", spy_pass)
+    monkeypatch.setattr(intermediate_bab, "tighten_node", spy_node)
+    stats = {}
+    n_clauses = int(spec.clause.max()) + 1
+    tighten_root(dp, C, root, lambda b: clause_margins(b, spec.d[None], spec.clause, n_clauses)[0], config,
+                 math.inf, stats=stats)
+    assert len(passes) == stats["intermediate_passes"] >= 2
+    assert passes[0] == sorted(dp.refine_idx)
+    if drop == 1.0:
+        assert passes[1:] == [[]]
+    else:
+        assert all(nodes == passes[0] for nodes in passes)
 
 
 def _multineuron_root(net, lower, upper, C, intermediate_gamma, config=None):
