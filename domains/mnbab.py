@@ -75,7 +75,9 @@ class MNBaBConfig:
     # the passes after it. Once the later nodes have searched bounds, an earlier node's bounds only reach the
     # margins through those searches: on 256x6 prop_1_0.03 the second pass's searches of layers 2-4 closed
     # 0.003% each (21 s), the third pass's 0.3% in 82 s; leaving them out, the third pass takes 46 s instead of
-    # 130 s (-1.04 at 183 s instead of -0.75 at 276 s) and the fourth reaches -0.43 by 212 s
+    # 130 s (-1.04 at 183 s instead of -0.75 at 276 s), and the fourth's searches of layer 5 reach -0.43 by 212 s.
+    # Ten slow mnist_fc instances take 1117 s instead of 1198 s; 256x4 prop_6_0.03 is slower (195 s instead of
+    # 168 s: branch-and-bound's subproblems inherit the root's early-layer bounds; benchmarks/README.md)
     intermediate_bab_drop: float = 0.01
     intermediate_bab_config: IntermediateBaBConfig = field(default_factory=IntermediateBaBConfig)
     # restarts of the counterexample search before branch-and-bound (0: none); on mnist_fc 256x4 prop_8_0.05
