@@ -77,7 +77,8 @@ class MNBaBConfig:
     # 0.003% each (21 s), the third pass's 0.3% in 82 s; leaving them out, the third pass takes 46 s instead of
     # 130 s (-1.04 at 183 s instead of -0.75 at 276 s), and the fourth's searches of layer 5 reach -0.43 by 212 s.
     # Ten slow mnist_fc instances take 1117 s instead of 1198 s; 256x4 prop_6_0.03 is slower (195 s instead of
-    # 168 s: branch-and-bound's subproblems inherit the root's early-layer bounds; benchmarks/README.md)
+    # 168 s): the gain counts a node's effect through back-substitution only, not through the later nodes'
+    # searches, which its dropped layer 2 helped (benchmarks/README.md)
     intermediate_bab_drop: float = 0.01
     intermediate_bab_config: IntermediateBaBConfig = field(default_factory=IntermediateBaBConfig)
     # restarts of the counterexample search before branch-and-bound (0: none); on mnist_fc 256x4 prop_8_0.05
