@@ -168,19 +168,19 @@ def tighten(dp: SplitDeepPoly, config: IntermediateBaBConfig, deadline: float,
     searches closed (the later bounds recomputed from them); else {}.
     """
     gains = {}
+    value = None if objective is None else _value(objective, dp)  # the objective before the node's searches
     for node in sorted(set(dp.refine_idx) - set(skip)):
         if time.monotonic() > deadline:
             break
-        rows, before = None, None
-        if objective is not None:
-            before = _value(objective, dp)
-            if focus < 1:
-                rows = most_promising(priority(dp, node, objective), focus)
+        rows = None
+        if objective is not None and focus < 1:
+            rows = most_promising(priority(dp, node, objective), focus)
         dp.bounds[node] = tighten_node(dp, node, config, deadline, rows)
         with torch.no_grad():
             dp.compute_intermediate_bounds(known=dict(dp.bounds), refine_from=node + 1)
-        if before is not None:
-            gains[node] = (_value(objective, dp) - before) / max(-before, 1e-12)
+        if objective is not None:
+            before, value = value, _value(objective, dp)
+            gains[node] = (value - before) / max(-before, 1e-12)
     return gains
 
 
