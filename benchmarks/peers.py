@@ -348,11 +348,11 @@ def run_abcrown(abcrown: Path, peer_path: str | None, instances, args, workdir: 
             for status, seconds in per_instance], wall
 
 
-def run_ours(bench: Path, start: int, num: int, timeout: float, threads: int, workdir: Path) -> tuple[list, float]:
+def run_ours(instances, timeout: float, threads: int, workdir: Path) -> tuple[list, float]:
     out = workdir / "ours.csv"
-    command = [sys.executable, "-m", "cli.certify", "--instances", str(bench / "instances.csv"), "--start",
-               str(start), "--num", str(num), "--domain", "mnbab", "--timeout", str(timeout), "--threads",
-               str(threads), "--out", str(out), "--quiet"]
+    command = [sys.executable, "-m", "cli.certify", "--instances", str(linked_benchmark(instances, workdir) /
+               "instances.csv"), "--domain", "mnbab", "--timeout", str(timeout), "--threads", str(threads),
+               "--out", str(out), "--quiet"]
     start_time = time.perf_counter()
     with open(workdir / "ours.log", "w") as log:
         subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False,
@@ -378,12 +378,17 @@ def run_complete(args) -> dict | None:
         return None
     bench = Path(args.benchmarks) / "vnncomp" / "2022_mnist_fc"
     instances = read_instances(bench / "instances.csv")[args.start:args.start + args.num]
+    if args.only:
+        names = set(args.only.split(","))
+        instances = [inst for inst in instances if inst.name in names]
+        if missing := names - {inst.name for inst in instances}:
+            raise SystemExit(f"peers: --only: no instance {', '.join(sorted(missing))} in the selected range")
     with open(bench / "reference_results.csv") as f:
         reference = {(r["onnx"], r["vnnlib"]): r["best_known"] for r in csv.DictReader(f)}
     with tempfile.TemporaryDirectory(prefix="nncert-peers-") as tmp:
         workdir = Path(args.keep or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        ours, ours_wall = run_ours(bench, args.start, args.num, args.timeout, args.threads, workdir)
+        ours, ours_wall = run_ours(instances, args.timeout, args.threads, workdir)
         theirs, theirs_wall = run_abcrown(Path(abcrown), peer_path, instances, args, workdir)
     rows, contradictions = [], []
     for inst, a, b in zip(instances, ours, theirs, strict=True):
@@ -394,7 +399,8 @@ def run_complete(args) -> dict | None:
             if answer in ("sat", "unsat") and row["reference"] in ("sat", "unsat") and answer != row["reference"]:
                 contradictions.append(f"{tool} {inst.name}: {answer}, reference {row['reference']}")
         rows.append(row)
-    return {"start": args.start, "num": args.num, "timeout_s": args.timeout, "threads": args.threads,
+    return {"start": args.start, "num": args.num, "only": args.only, "timeout_s": args.timeout,
+            "threads": args.threads,
             "abcrown_config": abcrown_config(Path("<symlinks to the instances>"), 0, len(instances), args.timeout,
                                              Path("results.pkl"), args.abcrown_pgd_restarts),
             "ours": tally(ours, ours_wall), "abcrown": tally(theirs, theirs_wall),
@@ -443,8 +449,11 @@ def bounds_table(data: dict, section: str) -> list[str]:
 
 def complete_table(data: dict) -> list[str]:
     restarts = data["abcrown_config"]["attack"]["pgd_restarts"]
-    lines = [f"Instances {data['start']}..{data['start'] + data['num'] - 1} of instances.csv, timeout "
-             f"{data['timeout_s']} s for both; alpha-beta-CROWN with {restarts} PGD restarts.", "",
+    chosen = f"{data['start']}..{data['start'] + data['num'] - 1}"
+    if data.get("only"):
+        chosen = f"{data['only'].replace(',', ', ')} (of {chosen})"
+    lines = [f"Instances {chosen} of instances.csv, timeout {data['timeout_s']} s for both; alpha-beta-CROWN with "
+             f"{restarts} PGD restarts.", "",
              "| tool | n | unsat | sat | timeout | unknown | median s | total s | wall s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for tool, name in (("ours", "nncert mnbab"), ("abcrown", "alpha-beta-CROWN")):
@@ -461,6 +470,10 @@ def complete_table(data: dict) -> list[str]:
                 s = tally([row[tool] for row in rows], 0.0)
                 lines.append(f"| {net} | {name} | {s['unsat']} | {s['sat']} | {s['timeout']} | {s['unknown']} | "
                              f"{s['median_s']:.2f} | {s['total_s']:.1f} |")
+    if data.get("only"):
+        lines += ["", "| instance | reference | nncert mnbab | s | alpha-beta-CROWN | s |", "|---|---|---|---|---|---|"]
+        lines += [f"| {row['instance']} | {row['reference']} | {row['ours']['result']} | {row['ours']['time_s']:.1f} | "
+                  f"{row['abcrown']['result']} | {row['abcrown']['time_s']:.1f} |" for row in data["rows"]]
     for tool, other, name in (("ours", "abcrown", "nncert mnbab"), ("abcrown", "ours", "alpha-beta-CROWN")):
         only = [row["instance"] for row in data["rows"]
                 if row[tool]["result"] in ("sat", "unsat") and row[other]["result"] not in ("sat", "unsat")]
@@ -494,6 +507,8 @@ def main() -> None:
     p.add_argument("--abcrown-pgd-restarts", type=int, default=100,
                    help="alpha-beta-CROWN's PGD restarts (competition: 100); other values (and a --start) get "
                         "their own results section")
+    p.add_argument("--only", default=None, help="complete: only these instances of the range (comma-separated "
+                   "<onnx stem>__<vnnlib stem>, e.g. mnist-net_256x6__prop_1_0.03); own results section")
     p.add_argument("--keep", default=None, help="keep the complete run's logs and configs in this folder")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers"))
     args = p.parse_args()
@@ -512,7 +527,8 @@ def main() -> None:
         data = run_complete(args)
         if data is not None:
             key = ("complete" + ("" if args.abcrown_pgd_restarts == 100 else f"_pgd{args.abcrown_pgd_restarts}")
-                   + ("" if args.start == 0 else f"_start{args.start}"))
+                   + ("" if args.start == 0 else f"_start{args.start}")
+                   + ("" if args.timeout == 60 else f"_{args.timeout:g}s") + ("" if not args.only else "_only"))
             new[key] = {**data, "meta": meta(args, peer_path)}
     if not new:
         return
