@@ -327,10 +327,11 @@ def linked_benchmark(instances, workdir: Path) -> Path:
     return root
 
 
-def run_abcrown(abcrown: Path, peer_path: str | None, instances, args, workdir: Path) -> tuple[list[dict], float]:
+def run_abcrown(abcrown: Path, peer_path: str | None, bench: Path, n: int, args, workdir: Path
+                ) -> tuple[list[dict], float]:
+    """alpha-beta-CROWN on the ``n`` instances of ``bench`` (a :func:`linked_benchmark` folder)."""
     cfg, results = workdir / "abcrown.json", workdir / "abcrown_results.pkl"
-    bench = linked_benchmark(instances, workdir)
-    config = abcrown_config(bench, 0, len(instances), args.timeout, results, args.abcrown_pgd_restarts)
+    config = abcrown_config(bench, 0, n, args.timeout, results, args.abcrown_pgd_restarts)
     cfg.write_text(json.dumps(config))  # YAML 1.2 reads JSON
     threads = args.threads
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -348,11 +349,11 @@ def run_abcrown(abcrown: Path, peer_path: str | None, instances, args, workdir: 
             for status, seconds in per_instance], wall
 
 
-def run_ours(instances, timeout: float, threads: int, workdir: Path) -> tuple[list, float]:
+def run_ours(bench: Path, timeout: float, threads: int, workdir: Path) -> tuple[list, float]:
+    """``certify --instances`` on every instance of ``bench`` (a :func:`linked_benchmark` folder)."""
     out = workdir / "ours.csv"
-    command = [sys.executable, "-m", "cli.certify", "--instances", str(linked_benchmark(instances, workdir) /
-               "instances.csv"), "--domain", "mnbab", "--timeout", str(timeout), "--threads", str(threads),
-               "--out", str(out), "--quiet"]
+    command = [sys.executable, "-m", "cli.certify", "--instances", str(bench / "instances.csv"), "--domain",
+               "mnbab", "--timeout", str(timeout), "--threads", str(threads), "--out", str(out), "--quiet"]
     start_time = time.perf_counter()
     with open(workdir / "ours.log", "w") as log:
         subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False,
@@ -388,8 +389,9 @@ def run_complete(args) -> dict | None:
     with tempfile.TemporaryDirectory(prefix="nncert-peers-") as tmp:
         workdir = Path(args.keep or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        ours, ours_wall = run_ours(instances, args.timeout, args.threads, workdir)
-        theirs, theirs_wall = run_abcrown(Path(abcrown), peer_path, instances, args, workdir)
+        linked = linked_benchmark(instances, workdir)  # both tools read the same files
+        ours, ours_wall = run_ours(linked, args.timeout, args.threads, workdir)
+        theirs, theirs_wall = run_abcrown(Path(abcrown), peer_path, linked, len(instances), args, workdir)
     rows, contradictions = [], []
     for inst, a, b in zip(instances, ours, theirs, strict=True):
         key = (str(inst.onnx.relative_to(bench)), str(inst.vnnlib.relative_to(bench)))
@@ -528,7 +530,7 @@ def main() -> None:
         if data is not None:
             key = ("complete" + ("" if args.abcrown_pgd_restarts == 100 else f"_pgd{args.abcrown_pgd_restarts}")
                    + ("" if args.start == 0 else f"_start{args.start}")
-                   + ("" if args.timeout == 60 else f"_{args.timeout:g}s") + ("" if not args.only else "_only"))
+                   + ("" if args.timeout == 60 else f"_{args.timeout:g}s") + ("_only" if args.only else ""))
             new[key] = {**data, "meta": meta(args, peer_path)}
     if not new:
         return
