@@ -69,7 +69,7 @@ def _lower_deeppoly(net: Network, lower: Tensor, upper: Tensor, C: Tensor, itera
 
 
 def _lower_alpha(net: Network, lower: Tensor, upper: Tensor, C: Tensor, iterations: int) -> Tensor:
-    return AlphaDeepPoly(net, lower, upper).optimize(C, iterations=iterations)
+    return AlphaDeepPoly(net, lower.detach(), upper.detach()).optimize(C.detach(), iterations=iterations)
 
 
 # method -> lower bounds of C y, (N, K); box and deeppoly are differentiable, alpha returns detached bounds
@@ -87,6 +87,8 @@ def bounds(model: ModelLike, lower: Tensor, upper: Tensor, C: Tensor | None = No
     if method not in BOUND_METHODS:
         raise SpecError(f"unknown method {method!r}; choose from {', '.join(BOUND_METHODS)}")
     net = as_model(model, lower.shape[1:]).network
+    if method == "alpha" and net is not model:
+        net.detach()  # the slopes' optimisation runs its own backward passes; this IR is ours, not the caller's
     n_out = net.output_shape[0]
     C = torch.eye(n_out, dtype=lower.dtype, device=lower.device) if C is None else C.to(lower)
     C = C.expand(len(lower), -1, -1) if C.dim() == 2 else C
@@ -130,10 +132,13 @@ def certify(model: ModelLike, x, y, eps: float, domains: Sequence[str] = DEFAULT
 
 
 def certify_vnnlib(model: ModelLike, vnnlib: str | os.PathLike, domains: Sequence[str] = ("mnbab",), *,
-                   timeout: float = 60.0, json_path: str | os.PathLike | None = None,
-                   **pipeline_options) -> ResultsFile:
-    """A VNN-LIB property of ``model``: one result row per domain (index 0), as ``certify --vnnlib`` records it."""
-    verifiable = as_model(model)
+                   timeout: float = 60.0, input_shape: Sequence[int] | None = None,
+                   json_path: str | os.PathLike | None = None, **pipeline_options) -> ResultsFile:
+    """A VNN-LIB property of ``model``: one result row per domain (index 0), as ``certify --vnnlib`` records it.
+
+    ``input_shape``: of one sample, needed for a torch module (the VNN-LIB inputs are its flattened entries).
+    """
+    verifiable = as_model(model, input_shape)
     net = verifiable.network
     props = parse_vnnlib(vnnlib, n_inputs=None, n_outputs=None)
     instance = vnnlib_instance(props, net.input_shape, net.output_shape[0])
