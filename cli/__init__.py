@@ -1,7 +1,7 @@
 """The commands. OpenMP threads that wait sleep instead of spinning (unless OMP_WAIT_POLICY is set): spinning
-threads take the cores other processes need, which slowed the demo twofold next to one busy process
-(benchmarks/results/threads.md). The OpenMP runtime reads this when torch loads, so it is set here, before any
-command module imports torch."""
+threads take the cores other processes need, which made the demo several times slower on a shared machine
+(benchmarks/README.md, "Threads under load"). The OpenMP runtime reads this when torch loads, so it is set here,
+before any command module imports torch."""
 
 import os
 
