@@ -27,13 +27,12 @@ install() {
 }
 
 shared_data() {
-    # development copies of the datasets and benchmarks, when this workplace has them
-    for dir in ../shared /work/shared; do
-        if [ -d "$dir/data" ] && [ -z "${NNCERT_DATA:-}" ]; then export NNCERT_DATA="$(cd "$dir/data" && pwd)"; fi
-        if [ -d "$dir/benchmarks" ] && [ -z "${NNCERT_BENCHMARKS:-}" ]; then
-            export NNCERT_BENCHMARKS="$(cd "$dir/benchmarks" && pwd)"
-        fi
-    done
+    # $NNCERT_DATA / $NNCERT_BENCHMARKS, else the development copies in ../shared beside the repository, if any
+    local dir=../shared
+    if [ -d "$dir/data" ] && [ -z "${NNCERT_DATA:-}" ]; then export NNCERT_DATA="$(cd "$dir/data" && pwd)"; fi
+    if [ -d "$dir/benchmarks" ] && [ -z "${NNCERT_BENCHMARKS:-}" ]; then
+        export NNCERT_BENCHMARKS="$(cd "$dir/benchmarks" && pwd)"
+    fi
 }
 
 task=${1:-demo}

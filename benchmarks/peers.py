@@ -18,7 +18,7 @@ ratios hold on a shared machine:
   contradictions with ``reference_results.csv``.
 
 The peers are never part of this project: install them under a temporary
-directory (see benchmarks/README.md, "Side by side with peers") and point the
+directory (see benchmarks/README.md, "Installing and running the peers") and point the
 harness at it with ``--peer-path`` / ``$NNCERT_PEERS`` (a site directory
 holding ``auto_LiRPA`` and its dependencies) and ``--abcrown`` /
 ``$NNCERT_ABCROWN`` (alpha-beta-CROWN's ``complete_verifier`` folder). A
@@ -66,7 +66,7 @@ from verifier.spec import linf_ball, robustness_spec  # noqa: E402
 from verifier.vnnlib import parse_vnnlib  # noqa: E402
 
 ALPHA_ITERATIONS, ALPHA_LR = 20, 0.1  # the pipeline's alpha settings (domains/mnbab.py), given to both tools
-README = "see benchmarks/README.md, 'Side by side with peers'"
+README = "see benchmarks/README.md, 'Installing and running the peers'"
 
 
 # -- the same network as a torch module, for auto_LiRPA -------------------------------------------------

@@ -19,10 +19,12 @@ import torch
 from tqdm import tqdm
 
 from cli.errors import OneLineParser, UserError, run_main
+from cli.threads import torch_threads
 from domains.bab import BaBConfig
 from domains.input_bab import InputBaBConfig
 from domains.mnbab import INPUT_SPLIT_MAX_DIMS, MNBaBConfig
 from training import distributed
+from verifier.api import pipeline
 from verifier.certify import Instance, Pipeline
 from verifier.instances import (
     BenchmarkInstance,
@@ -160,7 +162,8 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
                        help="solver for --domain milp")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--float64", action="store_true", help="compute bounds in float64 (default float32)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: the cores not busy, from the load average)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -312,10 +315,9 @@ def check_verifier_options(args) -> tuple[list[str], torch.device]:
         raise UserError("--timeout must be positive")
     if (args.num is not None and args.num < 1) or args.start < 0:
         raise UserError("--num must be >= 1 and --start >= 0")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be >= 1")
+    torch.set_num_threads(torch_threads(args.threads))
     return domains, device
 
 
@@ -325,10 +327,8 @@ def dtype_of(args) -> torch.dtype:
 
 def make_pipeline(args, model, domains: list[str], timeout: float, device: torch.device) -> Pipeline:
     """The pipeline the options ask for, on ``model`` (a Model: network and oracle) moved to device and dtype."""
-    torch.manual_seed(args.seed)
-    return Pipeline(model.network.to(device, dtype_of(args)), domains, model.oracle, timeout=timeout,
-                    attack=not args.no_attack, seed=args.seed, options=options_from(args),
-                    chunk_size=args.batch_size)
+    return pipeline(model, domains, timeout, attack=not args.no_attack, seed=args.seed, options=options_from(args),
+                    batch_size=args.batch_size, device=device, dtype=dtype_of(args))
 
 
 def certify_run(args, domains: list[str], device: torch.device, shard: Shard | None = None) -> ResultsFile:

@@ -10,6 +10,7 @@ import shlex
 import sys
 
 from cli.errors import OneLineParser, run_main
+from cli.threads import torch_threads
 from training.config import METHODS, MODELS, TrainConfig
 from training.datasets import DATASETS
 from training.trainer import train
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-pgd-steps", type=int, default=40)
     p.add_argument("--eval-pgd-restarts", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: the cores not busy, from the load average)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -84,7 +86,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         grad_clip=args.grad_clip, pgd_steps=args.pgd_steps, widths=args.widths, augment=args.augment,
         seed=args.seed, data_dir=args.data_dir, subset=args.subset, val_size=args.val_size,
         eval_subset=args.eval_subset, eval_pgd_steps=args.eval_pgd_steps, eval_pgd_restarts=args.eval_pgd_restarts,
-        device=args.device, threads=args.threads, resume=args.resume, progress=not args.quiet)
+        device=args.device, threads=torch_threads(args.threads), resume=args.resume, progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

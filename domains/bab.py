@@ -189,36 +189,28 @@ class Subproblems(Batch):
 
 @dataclass
 class BaBConfig:
-    # subproblems branched together (their children are bounded together). On mnist_fc 256x4 prop_5_0.05 the
-    # first clause takes the same subproblems at 64 / 128 / 256 (4002 on one thread, 5400 on two: rounding),
-    # in 34 / 31 / 33 s on one thread and 32 / 27 / 27 s on two
+    # subproblems branched together (their children are bounded together); the measured defaults of this
+    # config: benchmarks/README.md, "MN-BaB defaults and what measured them"
     batch_size: int = 128
     iterations: int = 10  # optimisation steps per batch of children
     lr_alpha: float = 0.1
     lr_beta: float = 0.1
     lr_gamma: float = 0.001  # see MNBaBConfig.lr_gamma
-    # 'babsr', or 'acs' (MN-BaB's active-constraint score, BaBSR fallback); BaBSR needs far fewer subproblems
-    # on mnist_fc since intermediate bounds are optimised for their own widths (256x2 prop_10_0.05: 178 vs
-    # more than 9,768 in 60 s)
+    # 'babsr', or 'acs' (MN-BaB's active-constraint score, BaBSR fallback): BaBSR needs far fewer subproblems
     branching: str = "babsr"
     max_queue: int = 20000  # beyond this many open subproblems, go depth-first
     max_memory: int | None = None  # bytes the open subproblems may take (None: no cap); see the module doc
     max_depth: int = 1000  # a guard: fully split subproblems are solved exactly before this
     recompute_intermediate: bool = True  # refine the bounds of layers after the split (else only clamp)
-    # filtered smart branching: the top candidates of each score tried per split (1: take the best score). On
-    # mnist_fc 256x4 prop_3_0.05 / 256x6 prop_7_0.03 (120 s, one thread), 1 proves neither, 5 proves both in
-    # 14 / 29 s with 216 / 646 subproblems; judging a candidate by its worse child instead needs 42 s / fails.
-    # 256x4 prop_5_0.05 (two threads, 300 s): 3 proves 3 of its 9 clauses, 5 proves 7, 8 all (292-298 s); the
-    # instances 5 proves take 0-10% longer with 8
+    # filtered smart branching: the top candidates of each score tried per split (1: take the best score)
     fsb_candidates: int = 8
     attack_seeds: int = 8  # per batch, bound minimisers refined by PGD into counterexample candidates
     attack_steps: int = 10
     # per batch, up to lp_checks open children whose bound did not rise above their parent's (worst first) are
     # checked by the LP relaxation of the MILP encoding with their splits fixed (domains.milp.SplitLP; 0: never),
     # each for at most lp_time s, while the checks have taken at most lp_share of the search's time; only for
-    # networks of at most lp_max_neurons ReLUs (the encoding is built once per clause). Off by default: at 4 on
-    # mnist_fc 256x4 it prunes 95% of the children it checks and unsticks prop_10_0.05's second clause, but
-    # proves no instance more in 300 s and slows the proved ones by up to a third (benchmarks/README.md)
+    # networks of at most lp_max_neurons ReLUs (the encoding is built once per clause). Off by default: it
+    # prunes most children it checks but proved no mnist_fc instance more and slowed the proved ones
     lp_checks: int = 0
     lp_share: float = 0.25
     lp_time: float = 2.0

@@ -42,47 +42,27 @@ class MNBaBConfig:
     # a safety net, not a budget: hulls normally take seconds (the group cap bounds the work), so the
     # constraints do not depend on machine load; only a huge network stops early, with fewer constraints
     multineuron_share: float = 0.5
-    # with the intermediate bounds in the stage (below), more steps pay off in every subproblem: on 256x4
-    # prop_5_0.05 the worst clause's root margin is -0.41 after 20 steps at learning rate 0.001, -0.34 after
-    # 60 at 0.003 (2.6 / 7.1 s), and branch-and-bound then proves three of its clauses in 240 s instead of none
+    # more steps pay off since every subproblem inherits the intermediate bounds they tighten; Adam moves a
+    # multiplier by about its learning rate per step, and a neuron lies in tens of groups, hence a rate far below
+    # the slopes' (both measured: benchmarks/README.md, "MN-BaB defaults and what measured them")
     gamma_iterations: int = 60
-    # Adam moves each multiplier by about its learning rate per step. A neuron lies in tens of groups with up
-    # to 16 constraints each, so gamma steps of the slopes' 0.1 swamp the back-substituted coefficients
-    # (|A| ~ 0.01-0.1 on mnist_fc): on 256x4 prop_8_0.03 / prop_0_0.05 the multi-neuron stage gained
-    # nothing over alpha on the worst clause; at 0.001 it gains 0.08 / 0.22.
     lr_gamma: float = 0.003
     # the constraints also tighten the intermediate bounds of the layers after theirs (with multipliers of
     # their own, the slopes of those bounds optimised again), and every subproblem inherits those bounds
     multineuron_intermediate: bool = True
-    # once the root fails (and the attack after it), each unstable neuron's bounds in every refined layer are
-    # tightened by a small branch-and-bound of its own (domains.intermediate_bab), in passes of growing depth,
-    # with at most this share of the time left (0: off). On 256x4 prop_5_0.05 (two threads) one pass takes 18 s
-    # and lifts every clause's margin from -0.30..-0.46 to +0.60..+0.73: certified before branching, where
-    # branch-and-bound on the final bound needed 290 s. On prop_4_0.05 the worst margin is -7.05 at the root,
-    # -1.20 after one pass (16 s), -0.51 after a pass twice as deep (58 s) and +0.41 after the next (157 s)
+    # The intermediate bounds' searches (domains.intermediate_bab), once the root and the attack fail, each
+    # chosen on mnist_fc (benchmarks/README.md, "MN-BaB defaults and what measured them"):
+    # at most this share of the time left goes to them, in passes of growing depth (0: off)
     intermediate_bab_share: float = 0.5
-    # a deeper pass follows only one that closed at least this share of the (negative) margin it started from:
-    # once they gain little, branch-and-bound is the better use of the time (prop_4_0.05 above: 83%, 58%, then
-    # certified). Not more: the cheap first pass often closes little where the deeper ones close most (256x4
-    # prop_7_0.05: 16%, then 72% of the rest at 20 x 32)
+    # a deeper pass follows one that closed at least this share of its negative margin (else branch-and-bound)
     intermediate_bab_deepen: float = 0.1
-    # the passes after the first search only the bounds of highest priority (intermediate_bab.priority: the
-    # margins' derivative times the bound's room) until they make up this share of the total (1: all). On 256x4
-    # prop_7_0.05 a 20 x 32 pass after 5 x 8 and 10 x 16 takes 94 s on all 196 bounds and 27 s on the 63 that
-    # make up 90%, for a worst margin of -0.30 and -0.36 (-1.07 before it)
+    # the later passes search the bounds of highest priority up to this share of the total (1: all)
     intermediate_bab_focus: float = 0.9
-    # a node whose searches closed less than this share of the negative margins' sum in a pass is left out of
-    # the passes after it. Once the later nodes have searched bounds, an earlier node's bounds only reach the
-    # margins through those searches: on 256x6 prop_1_0.03 the second pass's searches of layers 2-4 closed
-    # 0.003% each (21 s), the third pass's 0.3% in 82 s; leaving them out, the third pass takes 46 s instead of
-    # 130 s (-1.04 at 183 s instead of -0.75 at 276 s), and the fourth's searches of layer 5 reach -0.43 by 212 s.
-    # Ten slow mnist_fc instances take 1117 s instead of 1198 s; 256x4 prop_6_0.03 is slower (195 s instead of
-    # 168 s): the gain counts a node's effect through back-substitution only, not through the later nodes'
-    # searches, which its dropped layer 2 helped (benchmarks/README.md)
+    # a node whose searches closed less than this share of the negative margins leaves the later passes
     intermediate_bab_drop: float = 0.01
     intermediate_bab_config: IntermediateBaBConfig = field(default_factory=IntermediateBaBConfig)
-    # restarts of the counterexample search before branch-and-bound (0: none); on mnist_fc 256x4 prop_8_0.05
-    # the pipeline's 5 restarts miss the counterexample 2 seeds in 3 and 50 find it in under a second
+    # restarts of the counterexample search before branch-and-bound (0: none): the pipeline's 5 can miss one
+    # that 50 find in under a second (benchmarks/README.md, "MN-BaB defaults and what measured them")
     attack_restarts: int = 50
     bab: bool = True
     bab_config: BaBConfig = field(default_factory=BaBConfig)

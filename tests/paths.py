@@ -1,9 +1,8 @@
 """Where the development data and benchmarks live, for tests.
 
-``$NNCERT_DATA`` / ``$NNCERT_BENCHMARKS`` win; otherwise the workplace's shared
-folder beside the repository (``../shared``), or ``/work/shared`` for clones
-made elsewhere (CI clones into a temporary folder). Tests that need a missing
-folder skip with a message saying which variable to set.
+``$NNCERT_DATA`` / ``$NNCERT_BENCHMARKS`` win; otherwise the development copies
+in the folder beside the repository (``../shared``), if it exists. Tests that
+need a missing folder skip with a message saying which variable to set.
 """
 
 from __future__ import annotations
@@ -15,10 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _shared() -> Path | None:
-    for candidate in (REPO.parent / "shared", Path("/work/shared")):
-        if candidate.is_dir():
-            return candidate
-    return None
+    candidate = REPO.parent / "shared"
+    return candidate if candidate.is_dir() else None
 
 
 def data_dir() -> Path | None:

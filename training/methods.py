@@ -61,3 +61,14 @@ def certified_loss(model: nn.Module, x: Tensor, y: Tensor, setting: BatchSetting
     if setting.reg_weight > 0:
         terms["reg"] = setting.reg_weight * warmup_regularizer(net, bounds, reg_tol)
     return terms
+
+
+def ibp_loss(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
+    """IBP's loss: the Box cross-entropy over B(x, eps) clipped to [0, 1]; x (N, C, H, W), y (N,)."""
+    return sabr_loss(model, x, y, eps, lam=1.0)
+
+
+def sabr_loss(model: nn.Module, x: Tensor, y: Tensor, eps: float, lam: float = 0.4, pgd_steps: int = 8) -> Tensor:
+    """SABR's loss: the Box cross-entropy over the box of radius lam * eps that ``sabr_region`` selects."""
+    return certified_loss(model, x, y, BatchSetting(eps, natural=False, reg_weight=0.0), lam, pgd_steps,
+                          reg_tol=0.0)["ce"]
