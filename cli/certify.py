@@ -6,6 +6,7 @@ Argument parsing and wiring only; the work is in verifier/.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import re
 import sys
@@ -159,7 +160,12 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     mnbab.add_argument("--milp-backend", choices=("auto", "highs", "gurobi"), default="auto",
                        help="solver for --domain milp")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--float64", action="store_true", help="compute bounds in float64 (default float32)")
+    p.add_argument("--float64", action="store_true",
+                   help="compute everything in float64: network, specification, bounds (default float32, with "
+                        "every certificate guarded against float32 rounding by float64)")
+    p.add_argument("--trust-float32", action="store_true",
+                   help="take float32 bounds at face value, without the float64 guard (faster; a margin within "
+                        "rounding may then certify)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -324,11 +330,14 @@ def dtype_of(args) -> torch.dtype:
 
 
 def make_pipeline(args, model, domains: list[str], timeout: float, device: torch.device) -> Pipeline:
-    """The pipeline the options ask for, on ``model`` (a Model: network and oracle) moved to device and dtype."""
+    """The pipeline the options ask for, on a copy of ``model`` (a Model: network, as imported in float64, and
+    oracle) on device in the working dtype; the float64 network guards float32 verdicts."""
     torch.manual_seed(args.seed)
-    return Pipeline(model.network.to(device, dtype_of(args)), domains, model.oracle, timeout=timeout,
-                    attack=not args.no_attack, seed=args.seed, options=options_from(args),
-                    chunk_size=args.batch_size)
+    exact = copy.deepcopy(model.network).to(device, torch.float64)
+    net = exact if dtype_of(args) == torch.float64 else copy.deepcopy(exact).to(dtype=dtype_of(args))
+    return Pipeline(net, domains, model.oracle, timeout=timeout, attack=not args.no_attack, seed=args.seed,
+                    options=options_from(args), chunk_size=args.batch_size, exact=exact,
+                    recheck=not args.trust_float32)
 
 
 def certify_run(args, domains: list[str], device: torch.device, shard: Shard | None = None) -> ResultsFile:
@@ -366,6 +375,7 @@ def run_setup(args, domains: list[str], device: torch.device) -> tuple[Model, Se
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "model": str(args.model),
             "model_sha256": onnx_model.sha256, "domains": domains, "timeout_s": timeout,
             "device": str(device), "dtype": str(dtype_of(args)).removeprefix("torch."),
+            "float64_guard": not (args.float64 or args.trust_float32),
             "options": dataclasses.asdict(options_from(args))}
     if args.vnnlib:
         props = parse_vnnlib(args.vnnlib, n_inputs=None, n_outputs=None)
@@ -400,6 +410,7 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
         raise UserError(f"--start {args.start} is past the last instance")
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "instances": args.instances,
             "start": args.start, "num": len(instances), "dtype": str(dtype_of(args)).removeprefix("torch."),
+            "float64_guard": not (args.float64 or args.trust_float32),
             "domains": domains, "timeout_s": args.timeout or "per instance", "device": str(device),
             "options": dataclasses.asdict(options_from(args))}
 

@@ -88,7 +88,7 @@ class ReLU(Op):
 
 @dataclass(repr=False)
 class Linear(Op):
-    """y = W x + b on flat features. weight: (out, in), bias: (out,)."""
+    """y = W x + b over the last axis of x (*lead, in) -> (*lead, out). weight: (out, in), bias: (out,)."""
 
     weight: Tensor
     bias: Tensor
@@ -100,7 +100,8 @@ class Linear(Op):
         return F.linear(r, self.weight.abs())
 
     def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
-        return [A @ self.weight], A @ self.bias
+        # A (N, K, *lead, out): the bias enters once per position of the leading axes
+        return [A @ self.weight], (A @ self.bias).reshape(*A.shape[:2], -1).sum(-1)
 
     def __repr__(self) -> str:
         return f"Linear({self.weight.shape[1]}->{self.weight.shape[0]})"

@@ -75,7 +75,7 @@ def assert_matches_onnxruntime(model: OnnxModel, n: int = 5) -> None:
     """The IR and onnxruntime agree on fresh inputs (both signs) and outputs are flat per sample."""
     x = RNG.uniform(-2, 2, (n, *model.input_shape)).astype(np.float32)
     expected = model.run(x)
-    got = model.network(torch.from_numpy(x)).detach().numpy()
+    got = model.network(torch.from_numpy(x).double()).detach().numpy()
     assert expected.shape == got.shape == (n, model.output_size)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -86,7 +86,7 @@ def op_types(model: OnnxModel) -> list[type]:
 
 def import_and_compare(path: Path) -> OnnxModel:
     model = load_onnx(path)
-    assert model.network.dtype == torch.float32
+    assert model.network.dtype == torch.float64  # never rounded to float32 on import
     assert_matches_onnxruntime(model)
     return model
 
