@@ -79,10 +79,12 @@ def robustness_spec(label: int, n_classes: int) -> OutputSpec:
 
 
 def linf_ball(x: Tensor, eps: float, clip_min: float = 0.0, clip_max: float = 1.0) -> tuple[Tensor, Tensor]:
-    """The L-inf ball of radius eps around x, intersected with [clip_min, clip_max], in float64: exact up to
-    float64 rounding, which :meth:`PropertyBatch.to` covers by rounding outward to the working precision."""
+    """The L-inf ball of radius eps around x, intersected with [clip_min, clip_max], in float64 and widened by
+    the float64 rounding of eps and of the sum, so that it contains the exact ball (as a float32 copy does:
+    :meth:`PropertyBatch.to` rounds outward)."""
     x = x.double()
-    return (x - eps).clamp(clip_min, clip_max), (x + eps).clamp(clip_min, clip_max)
+    slack = 2 * torch.finfo(torch.float64).eps * (x.abs() + eps)
+    return (x - eps - slack).clamp(clip_min, clip_max), (x + eps + slack).clamp(clip_min, clip_max)
 
 
 def round_outward(t: Tensor, dtype: torch.dtype, direction: float) -> Tensor:
