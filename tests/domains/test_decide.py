@@ -14,8 +14,17 @@ INF, NAN = float("inf"), float("nan")
 def test_nan_and_inf_prove_nothing(dtype):
     lower = torch.tensor([NAN, INF, 1.0, 1.0, -INF], dtype=dtype)
     threshold = torch.tensor([0.0, 0.0, NAN, -INF, 0.0], dtype=dtype)
-    assert not decide.proved(decide.margins(lower, threshold)).any()
+    margins = decide.margins(lower, threshold)
+    assert (margins == -INF).all()  # searches order them with the hardest subproblems
+    assert not decide.proved(margins).any()
     assert not decide.empty(lower, threshold).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_margin_that_overflows_proves_nothing(dtype):
+    big = torch.tensor([torch.finfo(dtype).max], dtype=dtype)
+    assert not decide.proved(decide.margins(big, -big / 2)).any()
+    assert not decide.proved(torch.tensor([INF, NAN], dtype=dtype)).any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
