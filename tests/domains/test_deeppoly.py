@@ -5,6 +5,7 @@ import torch
 
 from domains import box
 from domains.deeppoly import DeepPoly, exact_by_intervals, min_area_lower_slope, triangle_upper, unstable_indices
+from domains.network import Linear, Network, ReLU
 from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import concrete_minimum
 
@@ -114,3 +115,19 @@ def test_row_chunks_give_the_same_bounds(kind):
     for i in whole.bounds:
         torch.testing.assert_close(chunked.bounds[i], whole.bounds[i])
     assert any(idx.shape[1] > 1 for idx in chunked.refine_idx.values())  # there were rows to chunk
+
+
+def test_a_nan_bounded_relu_is_not_relaxed_as_dead():
+    """y = relu(x) + relu(x) whose first neuron's bounds became NaN (as a search's bound may): its relaxation
+    is unknown, so the bound must prove nothing (not finite), rather than dropping the neuron as dead."""
+    net = Network.chain((1,), [Linear(torch.ones(2, 1), torch.zeros(2)), ReLU(),
+                               Linear(torch.ones(1, 2), torch.zeros(1))])
+    dp = DeepPoly(net, torch.zeros(1, 1), torch.ones(1, 1))
+    dp.compute_intermediate_bounds()
+    lo, hi = dp.bounds[1]
+    lo, hi = lo.clone(), hi.clone()
+    lo[0, 0] = hi[0, 0] = float("nan")
+    dp.bounds[1] = (lo, hi)
+    dp.upper_lines[2] = triangle_upper(lo, hi)
+    assert torch.isnan(dp.upper_lines[2][0][0, 0])
+    assert not torch.isfinite(dp.linear_lower(dp.output, -torch.ones(1, 1, 1))).any()

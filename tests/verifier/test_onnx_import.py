@@ -534,3 +534,23 @@ def test_disagreement_is_detected(tmp_path, monkeypatch):
                 [numpy_helper.from_array(np.full(4, 0.5, dtype=np.float32), "c")])
     assert_import_error(path, "disagrees with onnxruntime")
     assert load_onnx(path, check=False).output_size == 4
+
+
+def test_matmul_on_a_2d_input_per_sample_is_bounded_soundly(tmp_path):
+    """x [1, 3, 4] @ W (4, 5) + b is a Linear over the last axis, its bias once per row of x: DeepPoly and Box
+    bounds of the flattened output hold at sampled inputs (the bias's constant has one entry per bound)."""
+    from domains import box
+    from domains.deeppoly import DeepPoly
+
+    nodes = [node("MatMul", ["x", "w"], "m"), node("Add", ["m", "b"], "a"), node("Relu", ["a"], "r"),
+             node("Flatten", ["r"], "f"), node("Gemm", ["f", "w2", "b2"], transB=1)]
+    path = save(tmp_path, [1, 3, 4], nodes, [const("w", 4, 5), const("b", 5), const("w2", 2, 15), const("b2", 2)])
+    model = import_and_compare(path)
+    net = model.network
+    lower, upper = -torch.ones(1, 3, 4, dtype=torch.float64), torch.ones(1, 3, 4, dtype=torch.float64)
+    C = torch.eye(2, dtype=torch.float64).unsqueeze(0)
+    x = lower + 2 * torch.rand(500, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = net(x)
+    for bound in (DeepPoly(net, lower, upper).bound(C), box.bound_linear(net, lower, upper, C)):
+        assert bound.shape == (1, 2)
+        assert (y >= bound - 1e-9).all()
