@@ -101,7 +101,8 @@ class Linear(Op):
 
     def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
         # A (N, K, *lead, out): the bias enters once per position of the leading axes
-        return [A @ self.weight], (A @ self.bias).reshape(*A.shape[:2], -1).sum(-1)
+        const = A @ self.bias
+        return [A @ self.weight], const.flatten(2).sum(-1) if const.dim() > 2 else const
 
     def __repr__(self) -> str:
         return f"Linear({self.weight.shape[1]}->{self.weight.shape[0]})"
