@@ -161,7 +161,12 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
     mnbab.add_argument("--milp-backend", choices=("auto", "highs", "gurobi"), default="auto",
                        help="solver for --domain milp")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--float64", action="store_true", help="compute bounds in float64 (default float32)")
+    p.add_argument("--float64", action="store_true",
+                   help="compute everything in float64: network, specification, bounds (default float32, with "
+                        "every certificate guarded against float32 rounding by float64)")
+    p.add_argument("--trust-float32", action="store_true",
+                   help="take float32 bounds at face value, without the float64 guard (faster; a margin within "
+                        "rounding may then certify)")
     p.add_argument("--threads", type=int,
                    help="CPU threads for torch (default: the cores not busy, from the load average)")
     p.add_argument("--seed", type=int, default=0)
@@ -326,9 +331,9 @@ def dtype_of(args) -> torch.dtype:
 
 
 def make_pipeline(args, model, domains: list[str], timeout: float, device: torch.device) -> Pipeline:
-    """The pipeline the options ask for, on ``model`` (a Model: network and oracle) moved to device and dtype."""
+    """The pipeline the options ask for, on ``model`` (a Model: network and oracle) on device and dtype."""
     return pipeline(model, domains, timeout, attack=not args.no_attack, seed=args.seed, options=options_from(args),
-                    batch_size=args.batch_size, device=device, dtype=dtype_of(args))
+                    batch_size=args.batch_size, device=device, dtype=dtype_of(args), recheck=not args.trust_float32)
 
 
 def certify_run(args, domains: list[str], device: torch.device, shard: Shard | None = None) -> ResultsFile:
@@ -366,6 +371,7 @@ def run_setup(args, domains: list[str], device: torch.device) -> tuple[Model, Se
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "model": str(args.model),
             "model_sha256": onnx_model.sha256, "domains": domains, "timeout_s": timeout,
             "device": str(device), "dtype": str(dtype_of(args)).removeprefix("torch."),
+            "float64_guard": not (args.float64 or args.trust_float32),
             "options": dataclasses.asdict(options_from(args))}
     if args.vnnlib:
         props = parse_vnnlib(args.vnnlib, n_inputs=None, n_outputs=None)
@@ -400,6 +406,7 @@ def _main_instances(args, domains: list[str], device: torch.device) -> int:
         raise UserError(f"--start {args.start} is past the last instance")
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "instances": args.instances,
             "start": args.start, "num": len(instances), "dtype": str(dtype_of(args)).removeprefix("torch."),
+            "float64_guard": not (args.float64 or args.trust_float32),
             "domains": domains, "timeout_s": args.timeout or "per instance", "device": str(device),
             "options": dataclasses.asdict(options_from(args))}
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from domains import decide
 from domains.alpha import AlphaDeepPoly, NeuronSlopes, stop_by
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
@@ -306,12 +307,16 @@ class BranchAndBound:
             dp.compute_intermediate_bounds(known=self.refined_bounds(sub, refine_from),
                                            refine_from=len(self.net.nodes))
         C, d = self.C[sub.spec], self.d[sub.spec]
+
+        def closed(best: Tensor) -> bool:
+            return bool(decide.proved(decide.margins(best, d).max(1).values).all())
+
         # children continue from the last step, not from the best multipliers: on mnist_fc 256x4 prop_8_0.03
         # the open subproblems of one clause sat at their ancestors' bound for 60+ generations (their regions
         # were empty: LP-infeasible, dual bound unbounded) since no 10-step run beat the bound it started from
         # and each restarted from there; 50 steps prove them, and so do a few generations that carry on
         row_lower = dp.optimize(C, iterations=iterations, lr=self.config.lr_alpha, intermediate=False,
-                                done=stop_by(self.deadline, lambda best: bool(((best - d).max(1).values > 0).all())),
+                                done=stop_by(self.deadline, closed),
                                 lr_of={"beta": self.config.lr_beta, "gamma": self.config.lr_gamma}, keep_best=False)
         with torch.no_grad():
             A_in, const = dp.backsubstitute(dp.output, C)  # records the coefficients for branching
@@ -329,11 +334,11 @@ class BranchAndBound:
         return new, self.feasible(dp), candidates
 
     def feasible(self, dp: SplitDeepPoly) -> Tensor:
-        """False for subproblems whose bounds cross somewhere: their region is empty (N,)."""
+        """False for subproblems whose bounds cross somewhere by more than rounding: their region is empty (N,)."""
         ok = torch.ones(dp.lower.shape[0], dtype=torch.bool, device=dp.lower.device)
         for node in self.pre.values():
             lo, hi = dp.bounds[node]
-            ok &= (lo <= hi).flatten(1).all(1)
+            ok &= ~decide.empty(lo, hi).flatten(1).any(1)
         return ok
 
     def quick_margin(self, sub: Subproblems) -> Tensor:
@@ -342,8 +347,8 @@ class BranchAndBound:
         with torch.no_grad():
             dp.compute_intermediate_bounds(known=sub.bounds, refine_from=len(self.net.nodes))
             rows = dp.linear_lower(dp.output, self.C[sub.spec])
-        margin = (rows - self.d[sub.spec]).max(1).values
-        return torch.where(self.feasible(dp), margin, torch.full_like(margin, torch.inf))
+        margin = decide.margins(rows, self.d[sub.spec]).max(1).values
+        return torch.where(self.feasible(dp), margin, decide.empty_margin(margin))
 
     def scores(self, dp: SplitDeepPoly) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
         """Branching scores of every neuron (N, n), -1 for stable or split ones: (primary, backup).
@@ -476,8 +481,9 @@ class BranchAndBound:
             children, refine_from, trial = self.branch(batch)
             # children the branching trial already excluded (or found empty) need no bounding
             self.stats["subproblems"] += len(children)
-            self.stats["pruned_by_branching"] += int((trial > 0).sum())
-            children, refine_from = children.select(trial <= 0), refine_from[trial <= 0]
+            closed = decide.proved(trial)
+            self.stats["pruned_by_branching"] += int(closed.sum())
+            children, refine_from = children.select(~closed), refine_from[~closed]
             if len(children) == 0:
                 continue
             inherited = self.margin(children)  # the parents' margins
@@ -488,7 +494,7 @@ class BranchAndBound:
                 return BaBResult("falsified", found, self.stats)
             margin = self.lp_check(children, feasible, self.margin(children), inherited)
             self.stats["pruned_infeasible"] += int((~feasible).sum())
-            keep = feasible & (margin <= 0)
+            keep = feasible & ~decide.proved(margin)
             if int(keep.sum()) > queue.room():
                 self.stats["stopped"] = "memory"
                 return BaBResult("unknown", stats=self.stats)
@@ -508,7 +514,7 @@ class BranchAndBound:
         if (self.config.lp_checks <= 0
                 or sum(math.prod(self.net.shapes[r]) for r in self.relus) > self.config.lp_max_neurons):
             return margin
-        flat = torch.nonzero(feasible & (margin <= 0) & (margin <= inherited)).flatten()
+        flat = torch.nonzero(feasible & ~decide.proved(margin) & (margin <= inherited)).flatten()
         flat = flat[margin[flat].argsort()][:self.config.lp_checks]
         if len(flat) == 0:
             return margin
@@ -525,14 +531,17 @@ class BranchAndBound:
             bounds = {node: (lo[i].cpu(), hi[i].cpu()) for node, (lo, hi) in children.bounds.items()}
             bound = self.lp.margin(split, bounds, min(self.config.lp_time, left))
             self.lp_seconds += time.monotonic() - now
-            margin[i] = max(float(margin[i]), bound if bound > CERTIFY_TOL else -math.inf)
+            # the LP (float64, HiGHS's tolerances) proves the clause, or the region empty (+inf)
+            lp = decide.empty_margin(margin[i]) if bound > CERTIFY_TOL else margin[i]
+            margin[i] = torch.maximum(margin[i], lp)
             self.stats["lp_checks"] = self.stats.get("lp_checks", 0) + 1
             self.stats["lp_pruned"] = self.stats.get("lp_pruned", 0) + int(bound > CERTIFY_TOL)
         return margin
 
     def margin(self, sub: Subproblems) -> Tensor:
-        """Each subproblem's clause margin from its row bounds (N,): > 0 once the clause is excluded there."""
-        return (sub.lower - self.d[sub.spec]).max(1).values
+        """Each subproblem's clause margin from its row bounds (N,): ``decide.proved`` once the clause is excluded
+        there."""
+        return decide.margins(sub.lower, self.d[sub.spec]).max(1).values
 
     def solve_leaves(self, leaves: Subproblems) -> BaBResult | None:
         """Fully split subproblems are LPs (no unstable ReLU left): solve them exactly.

@@ -63,8 +63,11 @@ def backsubstitute(net: Network, start: int, A: Tensor, bounds: dict[int, tuple[
             coefficients = [A_prev]
         else:
             coefficients, c = node.op.backward(A_i)
+        # the shape contract of every op's backward: a constant per row, coefficients shaped like each input
+        assert c.shape == const.shape, f"node {i} ({node.op}): constant of shape {tuple(c.shape)}"
         const = const + c
-        for j, A_j in zip(node.inputs, coefficients):
+        for j, A_j in zip(node.inputs, coefficients, strict=True):
+            assert A_j.shape[2:] == net.shapes[j], f"node {i} ({node.op}): coefficients of shape {tuple(A_j.shape)}"
             pending[j] = pending[j] + A_j if j in pending else A_j
     A_in = pending.pop(0, None)
     if A_in is None:

@@ -32,8 +32,10 @@ from domains.network import Monotone, Network, ReLU
 
 
 def triangle_upper(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-    """Slope and intercept of the tightest linear upper bound of ReLU on [l, u]."""
-    unstable = (lower < 0) & (upper > 0)
+    """Slope and intercept of the tightest linear upper bound of ReLU on [l, u].
+
+    A neuron with a NaN bound is not stable: its line is NaN, so every bound it enters proves nothing."""
+    unstable = ~((lower >= 0) | (upper <= 0))
     slope = torch.where(unstable, upper / (upper - lower).clamp_min(1e-12), (lower >= 0).to(lower))
     intercept = torch.where(unstable, -slope * lower, torch.zeros_like(lower))
     return slope, intercept

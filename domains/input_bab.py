@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from domains import decide
 from domains.alpha import AlphaDeepPoly
 from domains.bab import BaBResult
 from domains.backsub import argmin_on_box, concretize
@@ -46,8 +47,9 @@ from domains.pool import Batch, Pool
 
 
 def clause_margins(lower: Tensor, d: Tensor, clause: Tensor, n_clauses: int) -> Tensor:
-    """Per clause, the best row margin ``lb - d``: (N, m) -> (N, n_clauses); > 0 means excluded."""
-    rows = lower - d
+    """Per clause, the best row margin ``lb - d`` (:func:`domains.decide.margins`): (N, m) -> (N, n_clauses);
+    ``decide.proved`` where excluded."""
+    rows = decide.margins(lower, d)
     out = rows.new_full((rows.shape[0], n_clauses), -torch.inf)
     return out.scatter_reduce(1, clause.expand_as(rows), rows, reduce="amax")
 
@@ -123,7 +125,7 @@ class InputBranchAndBound:
         if self.config.alpha_iterations > 0:
             row_lower = torch.maximum(row_lower, dp.optimize(
                 C, self.config.alpha_iterations, self.config.lr_alpha, intermediate=False,
-                done=lambda best: bool((self.property_margin(best) > 0).all())))
+                done=lambda best: bool(decide.proved(self.property_margin(best)).all())))
         with torch.no_grad():
             A_in, const = dp.backsubstitute(dp.output, C)
             linear = const + concretize(A_in, boxes.lo, boxes.hi)
@@ -138,7 +140,7 @@ class InputBranchAndBound:
         width = (boxes.hi - boxes.lo).flatten(1)  # (N, n_in)
         if self.config.branching == "width":
             return width
-        excluded = clause_margins(bounded.lower, self.d, self.clause, self.n_clauses) > 0  # (N, n_clauses)
+        excluded = decide.proved(clause_margins(bounded.lower, self.d, self.clause, self.n_clauses))  # (N, n_clauses)
         open_rows = ~excluded[:, self.clause].unsqueeze(-1)  # (N, m, 1)
         smear = (bounded.A_in.flatten(2).abs() * width.unsqueeze(1) * open_rows).sum(1)
         # dimensions the bound ignores still shrink the intermediate relaxations: width breaks ties
@@ -179,7 +181,7 @@ class InputBranchAndBound:
             self.stats["boxes"] += len(todo)
             self.stats["batches"] += 1
             margin = self.property_margin(bounded.lower)
-            open_ = torch.nonzero(margin <= 0).flatten()
+            open_ = torch.nonzero(~decide.proved(margin)).flatten()
             if len(open_):
                 kept, kept_bounds = todo.select(open_), bounded.select(open_)
                 found, concrete = self.probe(kept, kept_bounds)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from domains import decide
 from domains.alpha import stop_by
 from domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
 from domains.deeppoly import DeepPoly
@@ -184,7 +185,7 @@ def tighten_root(dp: SplitDeepPoly, C: Tensor, bound: Tensor, margins: Callable[
         skip |= {node for node, gain in gains.items() if gain < config.intermediate_bab_drop}
         stats["intermediate_passes"] = stats.get("intermediate_passes", 0) + 1
         best = torch.maximum(best, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=False,
-                                               done=stop_by(deadline, lambda b: bool((margins(b) > 0).all())),
+                                               done=stop_by(deadline, lambda b: bool(decide.proved(margins(b)).all())),
                                                lr_of={"gamma": config.lr_gamma}))
         left = -float(margins(best).min())
         if left < 0 or gap - left <= config.intermediate_bab_deepen * gap or time.monotonic() > stop:
@@ -219,14 +220,14 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         return clause_margins(bound, d, clause, n_clauses)[0]
 
     def decided(bound: Tensor) -> bool:
-        return bool((margins_of(bound) > 0).all())
+        return bool(decide.proved(margins_of(bound)).all())
 
     dp, bound = root_bounds(net, lower, upper, C, config, deadline, decided, relu_split=not input_split,
                             stats=stats)
     stats["root_time_s"] = time.monotonic() - start
     margins = margins_of(bound)
     stats["root_margin"] = float(margins.min())
-    if bool((margins > 0).all()):
+    if decided(bound):
         return BaBResult("certified", stats=stats)
     if time.monotonic() > deadline:
         return BaBResult("timeout", stats=stats)
@@ -240,7 +241,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         bound = tighten_root(dp, C, bound, margins_of, config, deadline, stats)
         margins = margins_of(bound)
         stats["tightened_margin"] = float(margins.min())
-        if bool((margins > 0).all()):
+        if decided(bound):
             return BaBResult("certified", stats=stats)
     if not config.bab:
         return BaBResult("unknown", stats=stats)
@@ -251,7 +252,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         return _input_bab(net, dp, C, d, clause, margins, config.input_bab_config, is_counterexample, deadline,
                           stats)
     for k in torch.argsort(margins).tolist():  # hardest clause first
-        if margins[k] > 0:
+        if decide.proved(margins[k]):
             continue
         rows = torch.nonzero(clause == k).flatten()
         result = _bab_clause(dp, C[:, rows], d[:, rows], rows, config.bab_config, is_counterexample, deadline)
@@ -264,7 +265,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
 def _input_bab(net: Network, dp: SplitDeepPoly, C: Tensor, d: Tensor, clause: Tensor, margins: Tensor,
                config: InputBaBConfig, is_counterexample, deadline: float, stats: dict) -> BaBResult:
     """Input splitting on all clauses the root did not exclude, searched together."""
-    rows = torch.nonzero(margins[clause] <= 0).flatten()
+    rows = torch.nonzero(~decide.proved(margins[clause])).flatten()
     _, open_clause = torch.unique(clause[rows], return_inverse=True)  # renumbered 0..n_open-1
     search = InputBranchAndBound(net, dp.lower, dp.upper, C[:, rows], d[:, rows], open_clause, config,
                                  is_counterexample, deadline)

@@ -88,7 +88,7 @@ class ReLU(Op):
 
 @dataclass(repr=False)
 class Linear(Op):
-    """y = W x + b on flat features. weight: (out, in), bias: (out,)."""
+    """y = W x + b over the last axis of x (*lead, in) -> (*lead, out). weight: (out, in), bias: (out,)."""
 
     weight: Tensor
     bias: Tensor
@@ -100,7 +100,9 @@ class Linear(Op):
         return F.linear(r, self.weight.abs())
 
     def backward(self, A: Tensor) -> tuple[list[Tensor], Tensor]:
-        return [A @ self.weight], A @ self.bias
+        # A (N, K, *lead, out): the bias enters once per position of the leading axes
+        const = A @ self.bias
+        return [A @ self.weight], const.flatten(2).sum(-1) if const.dim() > 2 else const
 
     def __repr__(self) -> str:
         return f"Linear({self.weight.shape[1]}->{self.weight.shape[0]})"

@@ -12,11 +12,10 @@ from domains.from_torch import network_from_torch as from_torch
 from domains.mnbab import MNBaBConfig
 from training.methods import ibp_loss, sabr_loss
 from training.regions import linf_box, sabr_region
-from verifier.api import as_model, bounds, certify, certify_vnnlib, robustness_matrix
+from verifier.api import as_model, bounds, certify, certify_vnnlib, linf_ball, robustness_matrix
 from verifier.onnx_import import load_onnx
 from verifier.registry import DOMAINS, Options
 from verifier.results import format_table
-from verifier.spec import linf_ball
 
 __all__ = [
     "DOMAINS", "MNBaBConfig", "Normalize", "Options", "Residual", "as_model", "bounds", "certify", "certify_vnnlib",

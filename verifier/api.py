@@ -8,6 +8,7 @@ the IR. :func:`certify` and :func:`certify_vnnlib` run the same pipeline as the
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 
@@ -20,13 +21,14 @@ from domains.alpha import AlphaDeepPoly
 from domains.deeppoly import DeepPoly
 from domains.from_torch import network_from_torch
 from domains.network import Network
+from verifier import spec
 from verifier.certify import Pipeline
 from verifier.onnx_import import OnnxModel, load_onnx
 from verifier.problems import Model, adapt_to_images, linf_instances, vnnlib_instance
 from verifier.registry import Options
 from verifier.results import ResultsFile
 from verifier.run import certify_instances
-from verifier.spec import SpecError, robustness_spec
+from verifier.spec import SpecError, robustness_spec, round_outward
 from verifier.vnnlib import parse_vnnlib
 
 ModelLike = str | os.PathLike | OnnxModel | nn.Module | Network
@@ -83,12 +85,15 @@ def bounds(model: ModelLike, lower: Tensor, upper: Tensor, C: Tensor | None = No
     lower, upper: (N, *input_shape); C: (N, K, n_out), or (K, n_out) for every sample, or None for the
     outputs themselves (K = n_out). ``method``: "box", "deeppoly" (both differentiable with respect to the
     bounds and a torch module's parameters) or "alpha" (DeepPoly with optimised slopes, not differentiable).
+    The bounds are in the network's dtype: float64 for an ONNX model, the parameters' dtype for a module.
     """
     if method not in BOUND_METHODS:
         raise SpecError(f"unknown method {method!r}; choose from {', '.join(BOUND_METHODS)}")
     net = as_model(model, lower.shape[1:]).network
     if method == "alpha" and net is not model:
         net.detach()  # the slopes' optimisation runs its own backward passes; this IR is ours, not the caller's
+    # the box in the network's dtype, rounded outward when that is narrower
+    lower, upper = round_outward(lower, net.dtype, -torch.inf), round_outward(upper, net.dtype, torch.inf)
     n_out = net.output_shape[0]
     C = torch.eye(n_out, dtype=lower.dtype, device=lower.device) if C is None else C.to(lower)
     C = C.expand(len(lower), -1, -1) if C.dim() == 2 else C
@@ -97,18 +102,35 @@ def bounds(model: ModelLike, lower: Tensor, upper: Tensor, C: Tensor | None = No
     return low[:, :k], -low[:, k:]
 
 
+def linf_ball(x: Tensor, eps: float, clip_min: float = 0.0, clip_max: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The L-inf ball of radius eps around x (N, *shape), clipped to [clip_min, clip_max], as a box in x's
+    dtype that contains the exact ball (rounded outward)."""
+    lower, upper = spec.linf_ball(x, eps, clip_min, clip_max)
+    return round_outward(lower, x.dtype, -torch.inf), round_outward(upper, x.dtype, torch.inf)
+
+
 def robustness_matrix(labels: Tensor, n_classes: int) -> Tensor:
     """C (N, n_classes - 1, n_classes) with rows e_label - e_i, i != label: ``C y > 0`` means label wins."""
     return torch.stack([robustness_spec(int(label), n_classes).C for label in labels])
 
 
+def _detached_copy(net: Network) -> Network:
+    """A deep copy of ``net`` whose tensors are detached (a torch module's IR shares its parameters, which may
+    not be graph leaves)."""
+    memo = {id(t): t.detach().clone() for node in net.nodes for t in node.op.tensors().values()}
+    return copy.deepcopy(net, memo)
+
+
 def pipeline(model: Model, domains: Sequence[str], timeout: float = 60.0, attack: bool = True, seed: int = 0,
              options: Options | None = None, batch_size: int = 32, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32) -> Pipeline:
-    """The certification pipeline of ``model`` (moved to device and dtype), as the ``certify`` command builds it."""
+             dtype: torch.dtype = torch.float32, recheck: bool = True) -> Pipeline:
+    """The certification pipeline of a copy of ``model`` on device in ``dtype``, as the ``certify`` command builds
+    it; a float64 copy guards float32 verdicts against rounding unless ``recheck`` is False."""
     torch.manual_seed(seed)
-    return Pipeline(model.network.to(device, dtype), list(domains), model.oracle, timeout=timeout, attack=attack,
-                    seed=seed, options=options or Options(), chunk_size=batch_size)
+    exact = _detached_copy(model.network).to(device, torch.float64)
+    net = exact if dtype == torch.float64 else copy.deepcopy(exact).to(dtype=dtype)
+    return Pipeline(net, list(domains), model.oracle, timeout=timeout, attack=attack, seed=seed,
+                    options=options or Options(), chunk_size=batch_size, exact=exact, recheck=recheck)
 
 
 def certify(model: ModelLike, x, y, eps: float, domains: Sequence[str] = DEFAULT_DOMAINS, *,

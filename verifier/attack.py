@@ -30,7 +30,7 @@ Oracle = Callable[[Tensor], Tensor]
 def confirmed(batch: PropertyBatch, x: Tensor, oracle: Oracle | None, net: Network) -> Tensor:
     """True where x (N, *in) lies in the input box and its concrete output violates the property: (N,)."""
     inside = ((x >= batch.lower) & (x <= batch.upper)).flatten(1).all(1)
-    y = oracle(x) if oracle is not None else net(x)
+    y = oracle(x) if oracle is not None else net(x.to(net.dtype))
     return inside & (batch.property_margin(y.to(batch.C)) <= 0)
 
 

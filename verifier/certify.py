@@ -6,6 +6,11 @@ attack are shared by all domains; every domain then runs its own procedure
 (stronger domains run their own cheaper stages internally). Instances are
 processed in chunks so that Box and DeepPoly run batched.
 
+Bounds are computed in the network's precision; with a float32 network,
+``exact`` (the network in float64) keeps float32 rounding from certifying
+(:func:`verifier.registry.run`), and counterexamples are confirmed against the
+properties as given (float64), not their rounded copies.
+
 Statuses: ``certified``, ``falsified`` (a counterexample confirmed by the
 concrete oracle), ``unknown``, ``timeout``, ``misclassified`` (the clean input
 already violates the property).
@@ -13,6 +18,7 @@ already violates the property).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from domains import decide
 from domains.network import Network
 from verifier import registry
 from verifier.attack import Oracle, confirmed, pgd_attack
@@ -64,6 +71,14 @@ class Pipeline:
     seed: int = 0
     options: Options = field(default_factory=Options)
     chunk_size: int = 32
+    exact: Network | None = None  # the network in float64; by default a float64 copy of a float32 ``net``
+    recheck: bool = True  # guard float32 verdicts against rounding (see registry.run)
+
+    def __post_init__(self):
+        if not self.recheck or self.net.dtype == torch.float64:
+            self.exact = None
+        elif self.exact is None:
+            self.exact = copy.deepcopy(self.net).to(dtype=torch.float64)
 
     def run(self, instances: Iterable[Instance]) -> Iterator[list[Row]]:
         """Yields result rows as soon as they are done: per chunk for the batched domains,
@@ -80,7 +95,8 @@ class Pipeline:
     def certify_chunk(self, instances: list[Instance]) -> Iterator[list[Row]]:
         device, dtype = self.net.device, self.net.dtype
         owner = torch.tensor([k for k, inst in enumerate(instances) for _ in inst.props])
-        batch = PropertyBatch.stack([p for inst in instances for p in inst.props]).to(device, dtype)
+        given = PropertyBatch.stack([p for inst in instances for p in inst.props]).to(device, torch.float64)
+        batch = given.to(device, dtype)  # rounded outward
         status: list[str | None] = [None] * len(instances)
         example: list[Tensor | None] = [None] * len(instances)
         shared = [0.0] * len(instances)
@@ -94,14 +110,14 @@ class Pipeline:
             start = time.perf_counter()
             found, x = pgd_attack(self.net, batch[open_props], self.oracle, seed=self.seed,
                                   deadline=time.monotonic() + self.timeout)  # within every instance's budget
-            for i, hit, point in zip(open_props, found.tolist(), x):
-                if hit and status[owner[i]] is None:
-                    status[owner[i]], example[owner[i]] = "falsified", point.cpu()
+            for i, hit, point in zip(open_props, found.tolist(), x, strict=True):
+                if hit and status[owner[i]] is None and self._confirm(point, given[[i]]):
+                    status[owner[i]], example[owner[i]] = "falsified", self._inside(point, given[[i]]).cpu()
             self._share(shared, {owner[i].item() for i in open_props}, time.perf_counter() - start)
 
         def rows_of(domain: str, members: list[int]) -> list[Row]:
             domain_status, domain_time, domain_example = list(status), list(shared), list(example)
-            self._run_domain(domain, batch, owner, set(members), domain_status, domain_time, domain_example)
+            self._run_domain(domain, batch, given, owner, set(members), domain_status, domain_time, domain_example)
             return [Row(instances[k].index, instances[k].label, predicted[k], domain, domain_status[k] or "unknown",
                         domain_time[k], domain_example[k]) for k in members]
 
@@ -122,17 +138,18 @@ class Pipeline:
         x = torch.stack([instances[k].clean for k in with_clean]).to(self.net.device, self.net.dtype)
         with torch.no_grad():
             y = self.oracle(x) if self.oracle is not None else self.net(x)
-        specs = PropertyBatch.stack([instances[k].props[0] for k in with_clean]).to(y.device, y.dtype)
-        wrong = specs.property_margin(y) <= 0
-        for k, label, bad in zip(with_clean, y.argmax(1).tolist(), wrong.tolist()):
+        specs = PropertyBatch.stack([instances[k].props[0] for k in with_clean]).to(y.device, torch.float64)
+        wrong = specs.property_margin(y.double()) <= 0
+        for k, label, bad in zip(with_clean, y.argmax(1).tolist(), wrong.tolist(), strict=True):
             predicted[k] = label if instances[k].label is not None else None
             if bad:
                 status[k] = "misclassified"
         return predicted
 
-    def _run_domain(self, domain: str, batch: PropertyBatch, owner: Tensor, members: set[int],
+    def _run_domain(self, domain: str, batch: PropertyBatch, given: PropertyBatch, owner: Tensor, members: set[int],
                     status: list[str | None], spent: list[float], example: list[Tensor | None]) -> None:
         """Decides the instances among ``members`` still open (status None) with ``domain``, in place.
+        ``batch``: the properties in the network's precision, ``given`` as given (float64).
 
         An instance is falsified if any of its disjuncts is (counterexample
         confirmed by the oracle), certified if all are certified, else timeout
@@ -152,22 +169,31 @@ class Pipeline:
                 verdicts[group[0]] = registry.Verdict("timeout")
                 continue
             start = time.perf_counter()
-            for i, verdict in zip(group, registry.run(domain, self.net, batch[group], deadline, self.options)):
+            found = registry.run(domain, self.net, batch[group], deadline, self.options, self.exact)
+            for i, verdict in zip(group, found, strict=True):
                 verdicts[i] = verdict
-                if verdict.status == "falsified" and self._confirm(verdict, batch[[i]]):
-                    status[owner[i]], example[owner[i]] = "falsified", verdict.counterexample.cpu()
+                if verdict.status == "falsified" and self._confirm(verdict.counterexample, given[[i]]):
+                    status[owner[i]] = "falsified"
+                    example[owner[i]] = self._inside(verdict.counterexample, given[[i]]).cpu()
             self._share(spent, {owner[i].item() for i in group}, time.perf_counter() - start)
         for k in {owner[i].item() for i in open_props}:
             if status[k] is not None:
                 continue
             states = [verdicts[i].status for i in open_props if owner[i] == k and i in verdicts]
-            status[k] = ("certified" if all(s == "certified" for s in states)
+            props = sum(1 for i in open_props if owner[i] == k)
+            status[k] = ("certified" if decide.all_proved([s == "certified" for s in states], props)
                          else "timeout" if "timeout" in states else "unknown")
 
-    def _confirm(self, verdict: Verdict, prop: PropertyBatch) -> bool:
-        """A domain's counterexample counts only if the concrete oracle agrees."""
-        x = verdict.counterexample.to(prop.lower).unsqueeze(0)
-        return bool(confirmed(prop, x, self.oracle, self.net)[0])
+    def _confirm(self, x: Tensor, prop: PropertyBatch) -> bool:
+        """A counterexample x (*in) counts only if the concrete oracle agrees on the property as given (float64),
+        at x moved into the given box (from the rounded box it was found in)."""
+        net = self.exact if self.exact is not None else self.net
+        return bool(confirmed(prop, self._inside(x, prop).unsqueeze(0), self.oracle, net)[0])
+
+    @staticmethod
+    def _inside(x: Tensor, prop: PropertyBatch) -> Tensor:
+        """x (*in) clamped into the box of the one property ``prop``, in its precision."""
+        return torch.minimum(torch.maximum(x.to(prop.lower), prop.lower[0]), prop.upper[0])
 
     @staticmethod
     def _share(spent: list[float], ks, seconds: float) -> None:

@@ -129,7 +129,10 @@ class OnnxModel:
 
 
 def load_onnx(path, check: bool = True, n_check: int = 8, seed: int = 0) -> OnnxModel:
-    """Import the ONNX model at ``path``; with ``check``, compare it with onnxruntime on ``n_check`` inputs."""
+    """Import the ONNX model at ``path``; with ``check``, compare it with onnxruntime on ``n_check`` inputs.
+
+    The network is in float64 (BatchNorm and normalisation folded in float64, never rounded to float32 here): the
+    verifier casts a copy to the precision it computes in and keeps this one as the exact network."""
     path = Path(path)
     data, model = _read(path)
     graph = model.graph
@@ -142,7 +145,6 @@ def load_onnx(path, check: bool = True, n_check: int = 8, seed: int = 0) -> Onnx
                        FLOAT_TYPES[input_info.type.tensor_type.elem_type])
     if check and n_check > 0:
         _check(result, n_check, seed)
-    network.to(dtype=torch.float32)
     return result
 
 

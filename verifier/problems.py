@@ -53,6 +53,8 @@ def adapt_to_images(network: Network, run, image_shape: tuple[int, ...], mean=No
         front.append(Reshape(tuple(model_shape)))
     if not front:
         return Model(network, lambda x: torch.as_tensor(run(x.detach().cpu().numpy())).to(x))
+    for op in front:
+        op.to(network.device, network.dtype)
     prefix = Network.chain(tuple(image_shape), front)
 
     def oracle(x: Tensor) -> Tensor:
@@ -64,8 +66,8 @@ def adapt_to_images(network: Network, run, image_shape: tuple[int, ...], mean=No
 def normalization(shape: tuple[int, ...], mean, std) -> ElementwiseAffine:
     """``(x - mean) / std`` per channel (dim 0 of ``shape``) or with scalars."""
     channels = shape[0] if len(shape) == 3 else 1
-    mean = torch.as_tensor(mean if mean is not None else [0.0], dtype=torch.float32).flatten()
-    std = torch.as_tensor(std if std is not None else [1.0], dtype=torch.float32).flatten()
+    mean = torch.as_tensor(mean if mean is not None else [0.0], dtype=torch.float64).flatten()
+    std = torch.as_tensor(std if std is not None else [1.0], dtype=torch.float64).flatten()
     for name, values in (("mean", mean), ("std", std)):
         if values.numel() not in (1, channels):
             raise SpecError(f"--{name} needs 1 or {channels} values, got {values.numel()}")
@@ -124,14 +126,15 @@ def remaining(instances: Sequence[Instance], done: set[int]) -> Sequence[Instanc
 
 
 def vnnlib_instance(props: list[Property], input_shape: tuple[int, ...], n_outputs: int) -> Instance:
-    """The instance of one VNN-LIB file: its flat input boxes reshaped to the model's input layout."""
+    """The instance of one VNN-LIB file: its flat input boxes reshaped to the model's input layout, in float64
+    (the pipeline rounds them outward to the precision it computes in)."""
     shaped = []
     for p in props:
         if p.lower.numel() != math.prod(input_shape) or p.output.C.shape[1] != n_outputs:
             raise SpecError(f"VNN-LIB declares {p.lower.numel()} inputs and {p.output.C.shape[1]} outputs, the "
                             f"model has {math.prod(input_shape)} and {n_outputs}")
-        shaped.append(Property(p.lower.reshape(input_shape).float(), p.upper.reshape(input_shape).float(),
-                               p.output.to(dtype=torch.float32)))
+        shaped.append(Property(p.lower.reshape(input_shape).double(), p.upper.reshape(input_shape).double(),
+                               p.output.to(dtype=torch.float64)))
     return Instance(0, shaped)
 
 

@@ -18,6 +18,8 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from domains import decide
+
 
 class SpecError(ValueError):
     """A specification that cannot be built (bad epsilon, shapes, VNN-LIB...)."""
@@ -77,8 +79,22 @@ def robustness_spec(label: int, n_classes: int) -> OutputSpec:
 
 
 def linf_ball(x: Tensor, eps: float, clip_min: float = 0.0, clip_max: float = 1.0) -> tuple[Tensor, Tensor]:
-    """The L-inf ball of radius eps around x, intersected with [clip_min, clip_max]."""
-    return (x - eps).clamp(clip_min, clip_max), (x + eps).clamp(clip_min, clip_max)
+    """The L-inf ball of radius eps around x, intersected with [clip_min, clip_max], in float64 and widened by
+    the float64 rounding of eps and of the sum, so that it contains the exact ball (as a float32 copy does:
+    :meth:`PropertyBatch.to` rounds outward)."""
+    x = x.double()
+    slack = 2 * torch.finfo(torch.float64).eps * (x.abs() + eps)
+    return (x - eps - slack).clamp(clip_min, clip_max), (x + eps + slack).clamp(clip_min, clip_max)
+
+
+def round_outward(t: Tensor, dtype: torch.dtype, direction: float) -> Tensor:
+    """``t`` in ``dtype``, rounded towards ``direction`` (-inf: never above t, +inf: never below) when
+    ``dtype`` cannot hold it exactly."""
+    out = t.to(dtype)
+    if not (t.is_floating_point() and dtype.is_floating_point) or torch.finfo(dtype).bits >= torch.finfo(t.dtype).bits:
+        return out
+    wrong = out.to(t.dtype) > t if direction < 0 else out.to(t.dtype) < t
+    return torch.where(wrong, torch.nextafter(out, torch.full_like(out, direction)), out)
 
 
 def parse_eps(text: str, clip_min: float = 0.0, clip_max: float = 1.0) -> float:
@@ -133,8 +149,12 @@ class PropertyBatch:
         return PropertyBatch(self.lower[index], self.upper[index], self.C[index], self.d[index], self.clause)
 
     def to(self, device=None, dtype=None) -> PropertyBatch:
-        return PropertyBatch(self.lower.to(device, dtype), self.upper.to(device, dtype), self.C.to(device, dtype),
-                             self.d.to(device, dtype), self.clause.to(device))
+        """On ``device`` in ``dtype``; to a lower precision, rounded so that proving gets harder: the box
+        outward, the thresholds d up (C is rounded to nearest: VNN-LIB's coefficients are small integers)."""
+        dtype = dtype or self.lower.dtype
+        lower, upper, d = (round_outward(t, dtype, s).to(device) for t, s in
+                           ((self.lower, -torch.inf), (self.upper, torch.inf), (self.d, torch.inf)))
+        return PropertyBatch(lower, upper, self.C.to(device, dtype), d, self.clause.to(device))
 
     @property
     def n_clauses(self) -> int:
@@ -157,8 +177,9 @@ class PropertyBatch:
         return self.clause_margins(self.row_margins(y)).min(1).values
 
     def certified(self, row_lower: Tensor) -> Tensor:
-        """Given lower bounds of ``C y`` (N, m): True where every clause has a row provably > d."""
-        return (self.clause_margins(row_lower - self.d.to(row_lower)) > 0).all(1)
+        """Given lower bounds of ``C y`` (N, m): True where every clause has a row provably > d
+        (:mod:`domains.decide`: never by NaN, inf or rounding alone)."""
+        return decide.proved(self.clause_margins(decide.margins(row_lower, self.d.to(row_lower)))).all(1)
 
 
 def _common_structure(outputs: list[OutputSpec]) -> tuple[list[OutputSpec], Tensor]:

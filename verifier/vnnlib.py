@@ -18,6 +18,7 @@ import math
 import os
 import re
 import zlib
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +233,7 @@ class _Parser:
             return None
         if _NUMBER.fullmatch(number) is None or not math.isfinite(value := float(number)):
             return None
-        return index, upper, value
+        return index, upper, _outward(number, value, upper)
 
     def dnf(self, formula, parent: _Node) -> list[Conjunction]:
         """A boolean formula in disjunctive normal form."""
@@ -344,6 +345,15 @@ class _Parser:
             clauses.extend(rows + outs for _, rows in outputs)
         return [Property(torch.from_numpy(lower), torch.from_numpy(upper), _output_spec(clauses, n_out))
                 for lower, upper, clauses in groups.values()]
+
+
+def _outward(token: str, value: float, up: bool) -> float:
+    """The float64 ``value`` of the decimal ``token``, moved one step up (``up``) or down if rounding to
+    nearest went the other way: the box never loses a point of the one written."""
+    exact, near = Fraction(token), Fraction(value)
+    if (near < exact) if up else (near > exact):
+        return math.nextafter(value, math.inf if up else -math.inf)
+    return value
 
 
 def _combine(terms: list[Linear], weights: list[float]) -> Linear:

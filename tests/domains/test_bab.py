@@ -1,9 +1,13 @@
 """Branch-and-bound pieces: split bounds with beta/gamma are sound on the split region; queue order."""
 
+import time
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
+from domains import decide
 from domains.alpha import NeuronSlopes
 from domains.bab import BaBConfig, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems, preactivation_bias
 from domains.from_torch import network_from_torch
@@ -155,7 +159,7 @@ def test_split_lp_finds_the_empty_region_the_dual_bound_misses():
     sub, feasible, _ = search.bound(sub, len(net.nodes), search.config.iterations)
     margin = (sub.lower - search.d).max(1).values
     assert feasible.all() and margin.item() == 0.0
-    assert search.lp_check(sub, feasible, margin, inherited=torch.zeros(1)).item() == float("inf")
+    assert bool(decide.proved(search.lp_check(sub, feasible, margin, inherited=torch.zeros(1)))[0])
     assert search.stats["lp_pruned"] == 1
     off = BranchAndBound(search.root, search.C, search.d, BaBConfig(lp_checks=0), search.is_counterexample,
                          float("inf"))
@@ -365,3 +369,29 @@ def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind, 
                         for c in candidates}
         assert int(choice[i]) in candidates
         assert better_child[int(choice[i])] >= max(better_child.values()) - 1e-6
+
+
+def test_bounds_crossing_only_by_rounding_or_nan_do_not_make_a_region_empty():
+    """A child whose pre-activation bounds cross by one ulp, or are NaN, stays open; crossing by more is empty."""
+    _, search, _ = _empty_region_search(BaBConfig())
+    node = next(iter(search.pre.values()))
+    hi = torch.tensor([[0.3, -0.2], [0.3, -0.2], [0.3, -0.2]])
+    lo = torch.stack([torch.nextafter(hi[0], torch.full_like(hi[0], torch.inf)),
+                      torch.tensor([float("nan"), -0.3]), hi[2] + torch.tensor([0.0, 0.01])])
+    dp = SimpleNamespace(lower=torch.zeros(3, 1), bounds={node: (lo, hi)})
+    assert search.feasible(dp).tolist() == [True, True, False]
+
+
+def test_a_nan_bound_keeps_the_subproblem_open():
+    """y = relu(x - 0.1) + relu(-x - 0.1) <= 0 holds near x = 0: a root whose bound is NaN must stay open (the
+    search then ends undecided), where dropping it as if proven would certify a false property."""
+    net, search, sub = _empty_region_search(BaBConfig(iterations=0))
+    relu = net.relu_nodes[0]
+    root = Subproblems(bounds={1: search.root.bounds[1]}, split={relu: torch.zeros(1, 2, dtype=torch.int8)},
+                       alpha={}, beta={relu: torch.zeros(1, 1, 2)}, gamma={}, lower=torch.full((1, 1), torch.nan),
+                       depth=torch.zeros(1, dtype=torch.long), spec=torch.zeros(1, dtype=torch.long))
+    root, feasible, _ = search.bound(root, len(net.nodes), 0)
+    assert feasible.all() and torch.isnan(root.lower).all()
+    assert not bool(decide.proved(search.margin(root))[0])
+    search.deadline = time.monotonic() + 10.0
+    assert search.run(root).status != "certified"

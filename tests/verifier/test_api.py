@@ -13,9 +13,9 @@ from cli.certify import demo_files, main
 from domains.from_torch import network_from_torch
 from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import box_points, concrete_minimum
-from verifier.api import BOUND_METHODS, as_model, bounds, certify, certify_vnnlib, robustness_matrix
+from verifier.api import BOUND_METHODS, as_model, bounds, certify, certify_vnnlib, linf_ball, robustness_matrix
 from verifier.onnx_import import load_onnx
-from verifier.spec import SpecError, linf_ball
+from verifier.spec import SpecError
 
 # the fields that do not depend on timing
 RECORD = ("index", "label", "predicted", "domain", "status")

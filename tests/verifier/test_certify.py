@@ -20,6 +20,7 @@ from verifier.onnx_import import load_onnx
 from verifier.problems import adapt_to_images, linf_instances, vnnlib_instance
 from verifier.results import ResultsFile
 from verifier.run import certify_instances
+from verifier.spec import linf_ball
 from verifier.vnnlib import parse_vnnlib
 
 
@@ -95,8 +96,9 @@ def test_lazy_instances_match_eagerly_built_boxes():
     instances = linf_instances(x, y, 0.2, 3, first_index=10)
     assert len(instances) == 5 and [inst.index for inst in instances] == [10, 11, 12, 13, 14]
     third = instances[2]
-    assert torch.equal(third.props[0].lower, (x[2] - 0.2).clamp(0, 1)) and third.label == 2
-    assert torch.equal(third.props[0].upper, (x[2] + 0.2).clamp(0, 1)) and torch.equal(third.clean, x[2])
+    lower, upper = linf_ball(x[2], 0.2)
+    assert torch.equal(third.props[0].lower, lower) and third.label == 2
+    assert torch.equal(third.props[0].upper, upper) and torch.equal(third.clean, x[2])
     rest = instances.without({10, 13})
     assert [inst.index for inst in rest] == [11, 12, 14] and [inst.index for inst in rest[1:]] == [12, 14]
 

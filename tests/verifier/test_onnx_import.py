@@ -75,7 +75,7 @@ def assert_matches_onnxruntime(model: OnnxModel, n: int = 5) -> None:
     """The IR and onnxruntime agree on fresh inputs (both signs) and outputs are flat per sample."""
     x = RNG.uniform(-2, 2, (n, *model.input_shape)).astype(np.float32)
     expected = model.run(x)
-    got = model.network(torch.from_numpy(x)).detach().numpy()
+    got = model.network(torch.from_numpy(x).double()).detach().numpy()
     assert expected.shape == got.shape == (n, model.output_size)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -86,7 +86,8 @@ def op_types(model: OnnxModel) -> list[type]:
 
 def import_and_compare(path: Path) -> OnnxModel:
     model = load_onnx(path)
-    assert model.network.dtype == torch.float32
+    weights = [t for n in model.network.nodes for t in n.op.tensors().values() if t.is_floating_point()]
+    assert all(t.dtype == torch.float64 for t in weights)  # never rounded to float32 on import
     assert_matches_onnxruntime(model)
     return model
 
@@ -345,7 +346,8 @@ def export(model: nn.Module, example: torch.Tensor, path: Path, **kwargs) -> Pat
 def assert_matches_torch(model: nn.Module, imported: OnnxModel) -> None:
     x = torch.rand(6, *imported.input_shape)
     with torch.no_grad():
-        np.testing.assert_allclose(imported.network(x).numpy(), model(x).reshape(6, -1).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(imported.network(x.double()).numpy(), model(x).reshape(6, -1).numpy(), rtol=1e-4,
+                                   atol=1e-5)
 
 
 def trained_bn(model: nn.Module, shape) -> nn.Module:
@@ -532,3 +534,23 @@ def test_disagreement_is_detected(tmp_path, monkeypatch):
                 [numpy_helper.from_array(np.full(4, 0.5, dtype=np.float32), "c")])
     assert_import_error(path, "disagrees with onnxruntime")
     assert load_onnx(path, check=False).output_size == 4
+
+
+def test_matmul_on_a_2d_input_per_sample_is_bounded_soundly(tmp_path):
+    """x [1, 3, 4] @ W (4, 5) + b is a Linear over the last axis, its bias once per row of x: DeepPoly and Box
+    bounds of the flattened output hold at sampled inputs (the bias's constant has one entry per bound)."""
+    from domains import box
+    from domains.deeppoly import DeepPoly
+
+    nodes = [node("MatMul", ["x", "w"], "m"), node("Add", ["m", "b"], "a"), node("Relu", ["a"], "r"),
+             node("Flatten", ["r"], "f"), node("Gemm", ["f", "w2", "b2"], transB=1)]
+    path = save(tmp_path, [1, 3, 4], nodes, [const("w", 4, 5), const("b", 5), const("w2", 2, 15), const("b2", 2)])
+    model = import_and_compare(path)
+    net = model.network
+    lower, upper = -torch.ones(1, 3, 4, dtype=torch.float64), torch.ones(1, 3, 4, dtype=torch.float64)
+    C = torch.eye(2, dtype=torch.float64).unsqueeze(0)
+    x = lower + 2 * torch.rand(500, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = net(x)
+    for bound in (DeepPoly(net, lower, upper).bound(C), box.bound_linear(net, lower, upper, C)):
+        assert bound.shape == (1, 2)
+        assert (y >= bound - 1e-9).all()

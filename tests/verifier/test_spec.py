@@ -1,9 +1,12 @@
 """Specifications: robustness clauses, eps parsing, batching with differing clause structures."""
 
+from fractions import Fraction
+
 import pytest
 import torch
 
 from verifier.spec import OutputSpec, Property, PropertyBatch, SpecError, linf_ball, parse_eps, robustness_spec
+from verifier.vnnlib import parse_vnnlib
 
 
 def test_robustness_spec_rows():
@@ -26,7 +29,9 @@ def test_parse_eps_rejects(text):
 
 def test_linf_ball_is_clipped():
     lo, hi = linf_ball(torch.tensor([0.05, 0.5, 0.97]), 0.1)
-    assert torch.allclose(lo, torch.tensor([0.0, 0.4, 0.87])) and torch.allclose(hi, torch.tensor([0.15, 0.6, 1.0]))
+    assert lo.dtype == hi.dtype == torch.float64
+    assert torch.allclose(lo.float(), torch.tensor([0.0, 0.4, 0.87]))
+    assert torch.allclose(hi.float(), torch.tensor([0.15, 0.6, 1.0]))
 
 
 def test_empty_box_rejected():
@@ -44,3 +49,38 @@ def test_stacking_different_structures_keeps_every_property():
     for n, spec in enumerate([a, b]):
         stacked = batch[[n]].property_margin(y) <= 0
         assert torch.equal(stacked, spec.is_counterexample(y))
+
+
+def test_float32_copies_of_linf_balls_contain_the_exact_ball():
+    """Rounded to float32, the ball around float32 images at eps = 2/255 keeps every point of the exact ball
+    (rounding to nearest loses points of about half of the faces)."""
+    x = torch.rand(2000, generator=torch.Generator().manual_seed(0))
+    eps = Fraction(2, 255)
+    lo, hi = linf_ball(x, float(eps))
+    n = len(x)
+    box = PropertyBatch(lo.view(1, n), hi.view(1, n), torch.zeros(1, 1, 1), torch.zeros(1, 1),
+                        torch.zeros(1, dtype=torch.long))
+    small = box.to(dtype=torch.float32)
+    for xi, l32, h32 in zip(x.tolist(), small.lower[0].tolist(), small.upper[0].tolist(), strict=True):
+        assert Fraction(l32) <= max(Fraction(xi) - eps, Fraction(0))
+        assert Fraction(h32) >= min(Fraction(xi) + eps, Fraction(1))
+
+
+def test_vnnlib_boxes_and_constants_round_outward():
+    """Decimal bounds not representable in float64 or float32 and output constants not representable in float32:
+    the box grows, the thresholds d rise (y > d gets harder to prove); representable values stay."""
+    text = """(declare-const X_0 Real) (declare-const X_1 Real) (declare-const Y_0 Real) (declare-const Y_1 Real)
+              (assert (>= X_0 0.1)) (assert (<= X_0 0.7)) (assert (>= X_1 -0.5)) (assert (<= X_1 0.25))
+              (assert (or (and (<= Y_0 0.3)) (and (>= Y_1 0.6))))"""
+    (prop,) = parse_vnnlib(text, n_inputs=2, n_outputs=2)
+    exact = {"lo": [Fraction("0.1"), Fraction("-0.5")], "hi": [Fraction("0.7"), Fraction("0.25")],
+             "d": [Fraction("0.3"), Fraction("-0.6")]}
+    batch = PropertyBatch.stack([prop])
+    for dtype in (torch.float64, torch.float32):
+        rounded = batch.to(dtype=dtype)
+        got = {"lo": rounded.lower[0].tolist(), "hi": rounded.upper[0].tolist(), "d": rounded.d[0].tolist()}
+        assert all(Fraction(v) <= e for v, e in zip(got["lo"], exact["lo"], strict=True))
+        assert all(Fraction(v) >= e for v, e in zip(got["hi"], exact["hi"], strict=True))
+        if dtype == torch.float32:  # in float64, half an ulp of d lies inside the decisions' tolerance
+            assert all(Fraction(v) >= e for v, e in zip(got["d"], exact["d"], strict=True))
+        assert got["lo"][1] == -0.5 and got["hi"][1] == 0.25  # exact in binary: unchanged

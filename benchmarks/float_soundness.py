@@ -1,0 +1,153 @@
+"""What the float64 guard of float32 verdicts costs, and which verdicts it changes.
+
+Runs the same properties side by side in one process, in three modes:
+
+- ``float32``: float32 bounds taken at face value (``certify --trust-float32``);
+- ``guarded``: float32 with the float64 guard (the default of ``certify``);
+- ``float64``: everything in float64 (``certify --float64``).
+
+on the bundled demo (first ``--demo-num`` MNIST images at eps 0.1, Box, DeepPoly
+and MN-BaB), the first rows of VNN-COMP 2022 mnist_fc and a few ACAS Xu rows
+(MN-BaB), each with a short ``--timeout``. Reports per mode the total time
+and the ratio to ``float32``, every verdict that differs from ``float32``,
+and verdicts that contradict the benchmark's reference (``best_known``).
+
+    python benchmarks/float_soundness.py --benchmarks ../shared/benchmarks --threads 1   # about 10 minutes
+
+Writes ``benchmarks/results/float_soundness.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cli.certify import demo_files  # noqa: E402
+from verifier.certify import Pipeline  # noqa: E402
+from verifier.onnx_import import load_onnx  # noqa: E402
+from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance  # noqa: E402
+from verifier.results import command_line, versions  # noqa: E402
+from verifier.vnnlib import parse_vnnlib  # noqa: E402
+
+MODES = ("float32", "guarded", "float64")
+UNSAT_SAT = {"certified": "unsat", "falsified": "sat"}
+
+
+def pipeline(model, domains: list[str], mode: str, timeout: float) -> Pipeline:
+    """The pipeline ``certify`` builds for ``mode`` (see cli.certify.make_pipeline)."""
+    torch.manual_seed(0)
+    exact = copy.deepcopy(model.network).to(dtype=torch.float64)
+    net = exact if mode == "float64" else copy.deepcopy(exact).to(dtype=torch.float32)
+    return Pipeline(net, domains, model.oracle, timeout=timeout, exact=exact, recheck=mode == "guarded")
+
+
+def run(model, instances, domains: list[str], mode: str, timeout: float) -> list[dict]:
+    rows = []
+    for batch in pipeline(model, domains, mode, timeout).run(instances):
+        rows += [{"index": r.index, "domain": r.domain, "status": r.status, "time_s": r.time_s} for r in batch]
+    return rows
+
+
+def demo_case(num: int, timeout: float) -> list[dict]:
+    model_path, samples = demo_files()
+    onnx_model = load_onnx(model_path)
+    x, y = load_inputs_npz(samples, 0.0, 1.0)
+    model = adapt_to_images(onnx_model.network, onnx_model.run, tuple(x.shape[1:]))
+    instances = linf_instances(x[:num], y[:num], 0.1, onnx_model.output_size)
+    out = []
+    for mode in MODES:
+        for row in run(model, instances, ["box", "deeppoly", "mnbab"], mode, timeout):
+            out.append({"benchmark": "demo", "instance": f"image {row['index']}", "mode": mode, **row})
+    return out
+
+
+def vnncomp_case(folder: Path, name: str, rows: list[int], timeout: float) -> list[dict]:
+    table = list(csv.reader((folder / "instances.csv").read_text().splitlines()))
+    reference = {(r["onnx"], r["vnnlib"]): r["best_known"]
+                 for r in csv.DictReader((folder / "reference_results.csv").read_text().splitlines())}
+    out = []
+    for i in rows:
+        onnx_rel, vnnlib_rel, _ = table[i]
+        onnx_model = load_onnx(folder / onnx_rel)
+        props = parse_vnnlib(folder / vnnlib_rel, n_inputs=None, n_outputs=None)
+        instance = vnnlib_instance(props, onnx_model.input_shape, onnx_model.output_size)
+        model = adapt_to_images(onnx_model.network, onnx_model.run, onnx_model.input_shape)
+        for mode in MODES:
+            for row in run(model, [instance], ["mnbab"], mode, timeout):
+                out.append({"benchmark": name, "instance": f"{Path(onnx_rel).stem} {Path(vnnlib_rel).stem}",
+                            "mode": mode, "reference": reference.get((onnx_rel, vnnlib_rel)), **row})
+    return out
+
+
+def summarize(rows: list[dict]) -> dict:
+    key = ("benchmark", "instance", "domain")
+    by_mode = {mode: {tuple(r[k] for k in key): r for r in rows if r["mode"] == mode} for mode in MODES}
+    base = by_mode["float32"]
+    total = {mode: sum(r["time_s"] for r in by_mode[mode].values()) for mode in MODES}
+    changes = [{"benchmark": k[0], "instance": k[1], "domain": k[2], "mode": mode,
+                "float32": base[k]["status"], "status": r["status"]}
+               for mode in MODES[1:] for k, r in by_mode[mode].items() if r["status"] != base[k]["status"]]
+    wrong = [{**{c: r[c] for c in (*key, "mode", "status", "reference")}} for r in rows
+             if r.get("reference") in ("sat", "unsat") and UNSAT_SAT.get(r["status"], r["reference"]) != r["reference"]]
+    counts = {mode: {s: sum(r["status"] == s for r in by_mode[mode].values())
+                     for s in ("certified", "falsified", "unknown", "timeout", "misclassified")} for mode in MODES}
+    return {"total_time_s": total, "time_ratio_to_float32": {m: total[m] / total["float32"] for m in MODES},
+            "counts": counts, "changed_verdicts": changes, "contradicting_reference": wrong}
+
+
+def markdown(summary: dict, meta: dict) -> str:
+    lines = ["# Float32 verdicts guarded by float64", "", f"`{meta['command']}` ({meta['threads']} thread(s), "
+             f"timeout {meta['timeout_s']} s per property)", "",
+             "mode | certified | falsified | unknown | timeout | total s | time / float32",
+             "---|---|---|---|---|---|---"]
+    for mode in MODES:
+        c = summary["counts"][mode]
+        lines.append(f"{mode} | {c['certified']} | {c['falsified']} | {c['unknown']} | {c['timeout']} | "
+                     f"{summary['total_time_s'][mode]:.1f} | {summary['time_ratio_to_float32'][mode]:.2f}")
+    lines += ["", f"Verdicts that differ from float32 ({len(summary['changed_verdicts'])}):", ""]
+    lines += [f"- {c['benchmark']} {c['instance']} {c['domain']}: {c['float32']} -> {c['status']} ({c['mode']})"
+              for c in summary["changed_verdicts"]] or ["- none"]
+    lines += ["", f"Verdicts contradicting the reference ({len(summary['contradicting_reference'])}):", ""]
+    lines += [f"- {w['benchmark']} {w['instance']} {w['mode']}: {w['status']}, reference {w['reference']}"
+              for w in summary["contradicting_reference"]] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--benchmarks", type=Path, default=REPO.parent / "shared" / "benchmarks")
+    p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--demo-num", type=int, default=30)
+    p.add_argument("--mnist-fc", default="0,1,2,3,4,5,30,31,60,61", help="rows of 2022_mnist_fc/instances.csv")
+    p.add_argument("--acasxu", default="0,1,2,3,4,5", help="rows of acasxu/instances.csv")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "float_soundness")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    vnncomp = args.benchmarks / "vnncomp"
+    rows = demo_case(args.demo_num, args.timeout)
+    rows += vnncomp_case(vnncomp / "2022_mnist_fc", "mnist_fc", [int(i) for i in args.mnist_fc.split(",") if i],
+                         args.timeout)
+    rows += vnncomp_case(vnncomp / "acasxu", "acasxu", [int(i) for i in args.acasxu.split(",") if i], args.timeout)
+    meta = {"command": command_line(), "versions": versions(), "threads": args.threads, "timeout_s": args.timeout,
+            "wall_s": time.perf_counter() - start}
+    summary = summarize(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(summary, meta))
+    print(markdown(summary, meta))
+
+
+if __name__ == "__main__":
+    main()
