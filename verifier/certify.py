@@ -8,11 +8,14 @@ processed in chunks so that Box and DeepPoly run batched.
 
 Statuses: ``certified``, ``falsified`` (a counterexample confirmed by the
 concrete oracle), ``unknown``, ``timeout``, ``misclassified`` (the clean input
-already violates the property).
+already violates the property), ``error`` (a domain raised on the instance:
+its one-line reason goes to stderr and to the row; the other instances and
+domains go on).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +29,14 @@ from verifier.attack import Oracle, confirmed, pgd_attack
 from verifier.registry import Options, Verdict
 from verifier.spec import Property, PropertyBatch
 
-STATUSES = ("certified", "falsified", "unknown", "timeout", "misclassified")
+STATUSES = ("certified", "falsified", "unknown", "timeout", "misclassified", "error")
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message, with its type where the message alone would not say it."""
+    lines = str(error).strip().splitlines()
+    user_error = isinstance(error, (OSError, ValueError))  # SpecError and OnnxImportError are ValueErrors
+    return lines[0] if lines and user_error else f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 @dataclass
@@ -48,10 +58,12 @@ class Row:
     status: str
     time_s: float
     counterexample: Tensor | None = field(default=None, repr=False)
+    reason: str | None = None  # with status 'error'
 
     def to_json(self) -> dict:
-        return {"index": self.index, "label": self.label, "predicted": self.predicted, "domain": self.domain,
-                "status": self.status, "time_s": round(self.time_s, 6)}
+        row = {"index": self.index, "label": self.label, "predicted": self.predicted, "domain": self.domain,
+               "status": self.status, "time_s": round(self.time_s, 6)}
+        return row | ({"reason": self.reason} if self.reason else {})
 
 
 @dataclass
@@ -101,9 +113,10 @@ class Pipeline:
 
         def rows_of(domain: str, members: list[int]) -> list[Row]:
             domain_status, domain_time, domain_example = list(status), list(shared), list(example)
-            self._run_domain(domain, batch, owner, set(members), domain_status, domain_time, domain_example)
+            reasons: dict[int, str] = {}
+            self._run_domain(domain, batch, owner, set(members), domain_status, domain_time, domain_example, reasons)
             return [Row(instances[k].index, instances[k].label, predicted[k], domain, domain_status[k] or "unknown",
-                        domain_time[k], domain_example[k]) for k in members]
+                        domain_time[k], domain_example[k], reasons.get(k)) for k in members]
 
         everyone = list(range(len(instances)))
         batched = [rows_of(domain, everyone) for domain in self.domains if domain not in registry.PER_PROPERTY]
@@ -131,11 +144,13 @@ class Pipeline:
         return predicted
 
     def _run_domain(self, domain: str, batch: PropertyBatch, owner: Tensor, members: set[int],
-                    status: list[str | None], spent: list[float], example: list[Tensor | None]) -> None:
+                    status: list[str | None], spent: list[float], example: list[Tensor | None],
+                    reasons: dict[int, str]) -> None:
         """Decides the instances among ``members`` still open (status None) with ``domain``, in place.
 
         An instance is falsified if any of its disjuncts is (counterexample
-        confirmed by the oracle), certified if all are certified, else timeout
+        confirmed by the oracle), certified if all are certified, else error
+        if the domain raised on one (its reason in ``reasons``), else timeout
         if any timed out, else unknown.
         """
         open_props = [i for i in range(len(batch)) if owner[i].item() in members and status[owner[i]] is None]
@@ -152,8 +167,10 @@ class Pipeline:
                 verdicts[group[0]] = registry.Verdict("timeout")
                 continue
             start = time.perf_counter()
-            for i, verdict in zip(group, registry.run(domain, self.net, batch[group], deadline, self.options)):
+            for i, verdict in zip(group, self._verdicts(domain, batch, group, deadline), strict=True):
                 verdicts[i] = verdict
+                if verdict.status == "error":
+                    reasons[owner[i].item()] = verdict.stats["reason"]
                 if verdict.status == "falsified" and self._confirm(verdict, batch[[i]]):
                     status[owner[i]], example[owner[i]] = "falsified", verdict.counterexample.cpu()
             self._share(spent, {owner[i].item() for i in group}, time.perf_counter() - start)
@@ -161,8 +178,17 @@ class Pipeline:
             if status[k] is not None:
                 continue
             states = [verdicts[i].status for i in open_props if owner[i] == k and i in verdicts]
-            status[k] = ("certified" if all(s == "certified" for s in states)
-                         else "timeout" if "timeout" in states else "unknown")
+            status[k] = ("certified" if states and all(s == "certified" for s in states)
+                         else "error" if "error" in states else "timeout" if "timeout" in states else "unknown")
+
+    def _verdicts(self, domain: str, batch: PropertyBatch, group: list[int], deadline: float) -> list[Verdict]:
+        """The domain's verdicts on the properties ``group``; an exception makes each an ``error`` with its reason."""
+        try:
+            return registry.run(domain, self.net, batch[group], deadline, self.options)
+        except Exception as e:  # noqa: BLE001 -- one failing property must not end the run
+            reason = one_line(e)
+            print(f"certify: {domain}: error: {reason}", file=sys.stderr)
+            return [Verdict("error", stats={"reason": reason}) for _ in group]
 
     def _confirm(self, verdict: Verdict, prop: PropertyBatch) -> bool:
         """A domain's counterexample counts only if the concrete oracle agrees."""

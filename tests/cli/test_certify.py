@@ -178,7 +178,7 @@ def test_instances_runner_on_vnncomp_files(tmp_path, capsys):
                             "--vnncomp-dir", answers, "--quiet")
     assert code == 0, err
     lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
-    assert lines[0] == "onnx,vnnlib,domain,status,result,time_s"
+    assert lines[0] == "onnx,vnnlib,domain,status,result,time_s,reason"
     results = [line.split(",") for line in lines[1:]]
     assert [r[4] for r in results] == ["sat", "unsat" if results[1][3] == "certified" else "timeout", "unsat"]
     assert float(results[1][5]) < 3 * 1.1  # the instance's own timeout, honoured within 10%
@@ -240,7 +240,8 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
         "cuda_missing": [model, "--inputs", inputs, "--eps", "0.1", "--device", "cuda:7"],
         "inputs_nan": [model, "--inputs", _npz(tmp_path, np.full((2, 2, 4, 4), np.nan, np.float32)), "--eps", "0.1"],
         "instances_without_out": ["--instances", _text(tmp_path / "i.csv", f"{model},{model},10\n")],
-        "instances_malformed": ["--instances", _text(tmp_path / "i.csv", f"{model},10\n"), "--out", tmp_path / "o"],
+        "instances_malformed": ["--instances", _text(tmp_path / "two_columns.csv", f"{model},10\n"), "--out",
+                                tmp_path / "o"],
         "instances_with_model": [model, "--instances", _text(tmp_path / "i.csv", f"{model},{model},10\n"),
                                  "--out", tmp_path / "o.csv"],
         "out_without_instances": [model, "--inputs", inputs, "--eps", "0.1", "--out", tmp_path / "o.csv"],
@@ -280,6 +281,50 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
     assert len(lines) == 1 and lines[0].startswith("certify: error:"), err
     if case == "unsupported_op":
         assert "Sigmoid" in lines[0] and "sig0" in lines[0]
+
+
+def test_instances_run_survives_bad_models_and_properties(tiny_model, tmp_path, capsys):
+    """Every row of a benchmark mixing good instances with an unsupported op, a missing file and a malformed
+    property gets a result row and a competition answer; the good ones are decided."""
+    model, _, _ = tiny_model
+    good = _vnnlib(tmp_path, "ok.vnnlib")
+    rows = [(model, good), (_unsupported_model(tmp_path / "s.onnx"), good), (tmp_path / "gone.onnx", good),
+            (model, _text(tmp_path / "m.vnnlib", "(declare-const X_0 Real")), (model, good)]
+    csv = _text(tmp_path / "instances.csv", "".join(f"{o},{v},10\n" for o, v in rows))
+    out, answers = tmp_path / "results.csv", tmp_path / "answers"
+    code, stdout, err = run(capsys, "--instances", csv, "--domain", "deeppoly,mnbab", "--out", out, "--vnncomp-dir",
+                            answers, "--quiet", "--threads", "1")
+    assert code == 0 and "Traceback" not in err, err
+    lines = [line.split(",") for line in out.read_text().splitlines() if not line.startswith("#")]
+    assert lines[0] == ["onnx", "vnnlib", "domain", "status", "result", "time_s", "reason"]
+    mnbab = [line for line in lines[1:] if line[2] == "mnbab"]
+    assert len(lines) == 1 + 2 * len(rows) and len(mnbab) == len(rows)
+    assert [line[3] for line in mnbab[1:4]] == ["error"] * 3 and all(line[4] == "unknown" for line in mnbab[1:4])
+    assert "Sigmoid" in mnbab[1][6] and "not found" in mnbab[2][6] and mnbab[3][6]
+    assert mnbab[0][3] in ("certified", "falsified") and mnbab[4][3] == mnbab[0][3]
+    assert (answers / "mnbab" / "s__ok.txt").read_text() == "unknown\n"
+    assert (answers / "mnbab" / "tiny__m.txt").read_text() == "unknown\n"
+    assert len([line for line in err.splitlines() if ": error: " in line]) == 3, err
+
+
+def test_a_domain_that_raises_gives_error_rows_and_the_others_run(tiny_model, tmp_path, capsys, monkeypatch):
+    from verifier import registry
+
+    def broken(net, batch, deadline, options):
+        raise RuntimeError("out of memory\ndetails")
+
+    monkeypatch.setitem(registry.DOMAINS, "deeppoly", broken)
+    model, inputs, _ = tiny_model
+    code, stdout, err = run(capsys, model, "--inputs", inputs, "--eps", "0.01", "--domain", "box,deeppoly", "--num",
+                            "4", "--json", tmp_path / "r.json", "--quiet", "--no-attack")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert len(rows) == 8
+    assert {r["status"] for r in rows if r["domain"] == "box"} <= {"certified", "unknown", "misclassified"}
+    broken_rows = [r for r in rows if r["domain"] == "deeppoly" and r["status"] != "misclassified"]
+    assert broken_rows and all(r["status"] == "error" and r["reason"] == "RuntimeError: out of memory"
+                               for r in broken_rows)
+    assert "error" in stdout.splitlines()[0] and "certify: deeppoly: error: RuntimeError: out of memory" in err
 
 
 def _npz(folder, x, y=None):
