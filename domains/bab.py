@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from domains.alpha import AlphaDeepPoly, NeuronSlopes, stop_by
+from domains.alpha import AlphaDeepPoly, NeuronSlopes, StopBy
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
 from domains.milp import CERTIFY_TOL, SplitLP
@@ -319,7 +319,7 @@ class BranchAndBound:
         # were empty: LP-infeasible, dual bound unbounded) since no 10-step run beat the bound it started from
         # and each restarted from there; 50 steps prove them, and so do a few generations that carry on
         row_lower = dp.optimize(C, iterations=iterations, lr=self.config.lr_alpha, intermediate=False,
-                                done=stop_by(self.deadline, lambda best: bool(((best - d).max(1).values > 0).all())),
+                                done=StopBy(self.deadline, lambda best: bool(((best - d).max(1).values > 0).all())),
                                 lr_of={"beta": self.config.lr_beta, "gamma": self.config.lr_gamma}, keep_best=False)
         with torch.no_grad():
             A_in, const = dp.backsubstitute(dp.output, C)  # records the coefficients for branching

@@ -1,12 +1,14 @@
 """DeepPoly: sound on random nets, never looser than Box, exact where no neuron is unstable."""
 
+import time
+
 import pytest
 import torch
 
 from domains import box
 from domains.deeppoly import DeepPoly, exact_by_intervals, min_area_lower_slope, triangle_upper, unstable_indices
-from tests.random_nets import KINDS, random_network, random_region
-from tests.soundness import concrete_minimum
+from tests.random_nets import KINDS, input_fed_conv_network, random_network, random_region
+from tests.soundness import assert_node_bounds_hold, concrete_minimum
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -114,3 +116,18 @@ def test_row_chunks_give_the_same_bounds(kind):
     for i in whole.bounds:
         torch.testing.assert_close(chunked.bounds[i], whole.bounds[i])
     assert any(idx.shape[1] > 1 for idx in chunked.refine_idx.values())  # there were rows to chunk
+
+
+def test_rows_past_the_deadline_keep_their_interval_bounds():
+    """Back-substitution stops at the deadline: the bounds left are the looser interval ones, still sound."""
+    net = input_fed_conv_network(0, side=16)
+    x = torch.rand(1, 16, generator=torch.Generator().manual_seed(0))
+    lower, upper = x - 0.05, x + 0.05
+    full, late = DeepPoly(net, lower, upper), DeepPoly(net, lower, upper)
+    late.deadline = time.monotonic() - 1.0
+    full.compute_intermediate_bounds()
+    late.compute_intermediate_bounds()
+    widths = {node: tuple((d.bounds[node][1] - d.bounds[node][0]).sum() for d in (late, full))
+              for node in full.refine_idx}
+    assert all(w_late > w_full for w_late, w_full in widths.values()), widths
+    assert_node_bounds_hold(net, late.bounds, lower, upper, samples=300, seed=0)
