@@ -20,7 +20,8 @@ slopes. Subproblems are processed in batches (one batch dimension), best-first
 from a queue kept as stacked tensors, depth-first once the queue is full.
 
 Memory: with ``max_memory`` the queue holds at most ``max_memory // row_bytes``
-subproblems (``row_bytes``: the bytes of one subproblem's tensors). Near that
+subproblems (``row_bytes``: the bytes of one subproblem's tensors), and a batch
+only as many subproblems as the optimisation of their children fits in it. Near that
 cap the search goes depth-first and pops only as many subproblems as their
 children may fill (at least one); if the children left open after bounding
 still do not fit, the clause stops with ``unknown`` (``stats["stopped"] =
@@ -470,7 +471,7 @@ class BranchAndBound:
             self.stats["max_queue"] = max(self.stats["max_queue"], len(queue))
             if time.monotonic() > self.deadline:
                 return BaBResult("timeout", stats=self.stats)
-            batch = queue.take(self.config.batch_size, self.config.max_queue)
+            batch = queue.take(self.batch_size(), self.config.max_queue)
             if int(batch.depth.max()) >= self.config.max_depth:
                 return BaBResult("unknown", stats=self.stats)
             branchable = batch.branchable()
@@ -503,6 +504,14 @@ class BranchAndBound:
             if bool(keep.any()):
                 queue.push(children.select(keep))
         return BaBResult("certified", stats=self.stats)
+
+    def batch_size(self) -> int:
+        """Subproblems per batch: at most ``batch_size``, and with ``max_memory`` as many as the optimisation of
+        their two children each fits in it (at least one)."""
+        if self.config.max_memory is None:
+            return self.config.batch_size
+        per_child = self.root.optimization_bytes(self.root.output, self.C.shape[1])
+        return max(1, min(self.config.batch_size, self.config.max_memory // (2 * per_child)))
 
     def lp_check(self, children: Subproblems, feasible: Tensor, margin: Tensor, inherited: Tensor) -> Tensor:
         """Clause margins (N,), raised to the LP bound for up to ``lp_checks`` open children that did not improve

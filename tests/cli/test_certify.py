@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from cli.certify import demo_files, main
+from cli.certify import default_max_memory, demo_files, main
 from domains.from_torch import Normalize
 from tests.interrupt import interrupt_midway
 from tests.paths import vnncomp_dir
@@ -84,6 +85,20 @@ def test_max_memory_reaches_branch_and_bound(tiny_model, tmp_path, capsys):
     bab = data["meta"]["options"]["mnbab"]["bab_config"]
     assert bab["max_queue"] == 100 and bab["max_memory"] == 1536 and bab["fsb_candidates"] == 2
     assert len(data["results"]) == 8
+
+
+def test_max_memory_defaults_to_half_the_available_memory_in_every_stage(tiny_model, tmp_path, capsys):
+    model, inputs, _ = tiny_model
+    out_json = tmp_path / "r.json"
+    code, _, err = run(capsys, model, "--inputs", inputs, "--eps", "2/255", "--domain", "mnbab", "--num", "2",
+                       "--json", out_json, "--quiet")
+    assert code == 0, err
+    mnbab = json.loads(out_json.read_text())["meta"]["options"]["mnbab"]
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < mnbab["max_memory"] <= physical // 2
+    assert abs(mnbab["max_memory"] - default_max_memory()) < physical // 10  # the memory available moves a little
+    assert mnbab["bab_config"]["max_memory"] == mnbab["input_bab_config"]["max_memory"] == mnbab["max_memory"]
+    assert mnbab["intermediate_bab_config"]["max_memory"] <= mnbab["max_memory"]
 
 
 def test_large_eps_falsifies_with_checked_counterexamples(tiny_model, capsys, tmp_path):

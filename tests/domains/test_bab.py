@@ -1,5 +1,7 @@
 """Branch-and-bound pieces: split bounds with beta/gamma are sound on the split region; queue order."""
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -10,8 +12,9 @@ from domains.from_torch import network_from_torch
 from domains.milp import SplitLP
 from domains.network import Conv2d, Linear
 from domains.pool import Pool
-from tests.random_nets import random_network
+from tests.random_nets import input_fed_conv_network, random_network
 from tests.soundness import concrete_minimum
+from verifier.spec import robustness_spec
 
 
 def _split_region_points(net, lower, upper, split, n=20000, seed=0):
@@ -365,3 +368,17 @@ def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind, 
                         for c in candidates}
         assert int(choice[i]) in candidates
         assert better_child[int(choice[i])] >= max(better_child.values()) - 1e-6
+
+
+def test_a_batch_holds_only_as_many_subproblems_as_fit_the_memory_cap():
+    net = input_fed_conv_network(0, side=16)
+    x = torch.rand(16, generator=torch.Generator().manual_seed(0))
+    spec = robustness_spec(int(net(x[None]).argmax()), 10)
+    root = SplitDeepPoly(net, (x - 0.05)[None], (x + 0.05)[None])
+    root.bound(spec.C[None])
+    per_child = root.optimization_bytes(root.output, spec.C.shape[0])
+    search = BranchAndBound(root, spec.C[None], spec.d[None], BaBConfig(max_memory=10 * per_child), lambda xs: xs,
+                            time.monotonic() + 1)
+    assert search.batch_size() == 5
+    search.config = BaBConfig()
+    assert search.batch_size() == BaBConfig.batch_size
