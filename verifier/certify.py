@@ -182,10 +182,13 @@ class Pipeline:
                          else "error" if "error" in states else "timeout" if "timeout" in states else "unknown")
 
     def _verdicts(self, domain: str, batch: PropertyBatch, group: list[int], deadline: float) -> list[Verdict]:
-        """The domain's verdicts on the properties ``group``; an exception makes each an ``error`` with its reason."""
+        """The domain's verdicts on the properties ``group``; a property on which it raises is an ``error`` with
+        the reason (a batch that raises is run again one property at a time, so the others keep theirs)."""
         try:
             return registry.run(domain, self.net, batch[group], deadline, self.options)
         except Exception as e:  # noqa: BLE001 -- one failing property must not end the run
+            if len(group) > 1:
+                return [verdict for i in group for verdict in self._verdicts(domain, batch, [i], deadline)]
             reason = one_line(e)
             print(f"certify: {domain}: error: {reason}", file=sys.stderr)
             return [Verdict("error", stats={"reason": reason}) for _ in group]

@@ -322,24 +322,33 @@ def test_instances_run_survives_bad_models_and_properties(tiny_model, tmp_path, 
     assert len([line for line in err.splitlines() if ": error: " in line]) == 3, err
 
 
-def test_a_domain_that_raises_gives_error_rows_and_the_others_run(tiny_model, tmp_path, capsys, monkeypatch):
+def test_a_sample_on_which_a_domain_raises_gets_an_error_row_and_the_others_run(tiny_model, tmp_path, capsys,
+                                                                               monkeypatch):
     from verifier import registry
 
-    def broken(net, batch, deadline, options):
-        raise RuntimeError("out of memory\ndetails")
-
-    monkeypatch.setitem(registry.DOMAINS, "deeppoly", broken)
     model, inputs, _ = tiny_model
-    code, stdout, err = run(capsys, model, "--inputs", inputs, "--eps", "0.01", "--domain", "box,deeppoly", "--num",
-                            "4", "--json", tmp_path / "r.json", "--quiet", "--no-attack")
+    bad = float(np.load(inputs)["x"][3].reshape(-1)[0])
+    verify = registry.DOMAINS["deeppoly"]
+
+    def broken_on_sample_3(net, batch, deadline, options):  # its box holds the sample's first input value
+        inside = (batch.lower.flatten(1)[:, 0] <= bad) & (bad <= batch.upper.flatten(1)[:, 0])
+        if bool(inside.any()):
+            raise RuntimeError("out of memory\ndetails")
+        return verify(net, batch, deadline, options)
+
+    monkeypatch.setitem(registry.DOMAINS, "deeppoly", broken_on_sample_3)
+    code, stdout, err = run(capsys, model, "--inputs", inputs, "--eps", "1e-4", "--domain", "box,deeppoly", "--num",
+                            "6", "--json", tmp_path / "r.json", "--quiet", "--no-attack")
     assert code == 0, err
-    rows = json.loads((tmp_path / "r.json").read_text())["results"]
-    assert len(rows) == 8
-    assert {r["status"] for r in rows if r["domain"] == "box"} <= {"certified", "unknown", "misclassified"}
-    broken_rows = [r for r in rows if r["domain"] == "deeppoly" and r["status"] != "misclassified"]
-    assert broken_rows and all(r["status"] == "error" and r["reason"] == "RuntimeError: out of memory"
-                               for r in broken_rows)
-    assert "error" in stdout.splitlines()[0] and "certify: deeppoly: error: RuntimeError: out of memory" in err
+    rows = {(r["index"], r["domain"]): r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
+    assert len(rows) == 12
+    assert rows[(3, "deeppoly")]["status"] == "error"
+    assert rows[(3, "deeppoly")]["reason"] == "RuntimeError: out of memory"
+    others = [rows[(k, "deeppoly")] for k in (1, 2, 4, 5)]  # sample 0 is misclassified
+    assert all(r["status"] in ("certified", "unknown") and "reason" not in r for r in others), others
+    assert rows[(3, "box")]["status"] in ("certified", "unknown")
+    assert "error" in stdout.splitlines()[0]
+    assert err.count("certify: deeppoly: error: RuntimeError: out of memory") == 1, err
 
 
 def _npz(folder, x, y=None):
