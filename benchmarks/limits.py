@@ -104,31 +104,41 @@ def main() -> None:
     p.add_argument("--before", type=Path, required=True, help="source tree of the version to compare against")
     p.add_argument("--kill-above", type=float, default=12.0, help="GB of RSS at which a run is killed")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/limits")
+    p.add_argument("--cases", help="comma-separated case names to run (default: all); their rows replace those "
+                                   "of the same case in an existing --out")
     args = p.parse_args()
     bench = Path(os.environ.get("NNCERT_BENCHMARKS", REPO.parent / "shared/benchmarks")) / "vnncomp/2022_mnist_fc"
     folder = Path(tempfile.mkdtemp())
     onnx_path, vnnlib_path = make_conv_case(folder)
     conv = [str(onnx_path), "--vnnlib", str(vnnlib_path), "--domain", "mnbab", "--bab-split", "relu",
             "--timeout", "30"]
-    cases = {"conv": conv, "conv --max-memory 1G": [*conv, "--max-memory", "1G"]}
+    cases = {"conv": conv, "conv --max-memory 1G": [*conv, "--max-memory", "1G"],
+             "conv --timeout 120 --max-memory 1G": [*conv, "--timeout", "120", "--max-memory", "1G"]}
     for prop in ("prop_8_0.03", "prop_3_0.05"):
         cases[f"mnist_fc 256x4 {prop}"] = [str(bench / "onnx/mnist-net_256x4.onnx"), "--vnnlib",
                                            str(bench / f"vnnlib/{prop}.vnnlib"), "--domain", "mnbab",
                                            "--timeout", "120"]
-    rows = []
-    for name, case in cases.items():
+    chosen = args.cases.split(",") if args.cases else list(cases)
+    old = json.loads(args.out.with_suffix(".json").read_text())["rows"] if args.cases else []
+    rows = [row for row in old if row["case"] not in chosen]
+    for name, case in ((name, cases[name]) for name in chosen):
         for version, tree in (("before", args.before), ("after", REPO)):
             rows.append({"case": name, "version": version, **run(tree, case, int(args.kill_above * 2**30))})
             print(json.dumps(rows[-1]), flush=True)
-    meta = {"command": " ".join(["python", *sys.argv]), "before": str(args.before),
-            "after": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip(), "threads": 1, "machine": f"{os.cpu_count()} cores"}
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    meta = {"commands": [" ".join(["python", *sys.argv])], "before": str(args.before), "after": [commit],
+            "threads": 1, "machine": f"{os.cpu_count()} cores"}
+    if args.cases:  # the rows kept come from the earlier runs
+        earlier = json.loads(args.out.with_suffix(".json").read_text())["meta"]
+        meta.update(commands=earlier["commands"] + meta["commands"], after=earlier["after"] + meta["after"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     header = "| case | version | status | reported s | wall s | peak RSS GB |\n|---|---|---|---|---|---|\n"
     lines = [f"| {r['case']} | {r['version']} | {r['status']} | {r.get('time_s', '-')} | {r['wall_s']} | "
              f"{r['peak_rss_gb']} |" for r in rows]
-    args.out.with_suffix(".md").write_text(f"Command: `{meta['command']}`\n\n" + header + "\n".join(lines) + "\n")
+    commands = "".join(f"`{command}`\n\n" for command in meta["commands"])
+    args.out.with_suffix(".md").write_text(commands + header + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
