@@ -216,7 +216,8 @@ def options_from(args) -> Options:
                         "--alpha-iterations and --lp-checks >= 0 and --intermediate-bab-share in [0, 1]")
     memory = args.max_memory
     bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching, max_queue=args.max_queue,
-                    max_memory=memory, fsb_candidates=args.branching_candidates, lp_checks=args.lp_checks)
+                    max_memory=memory, batch_memory=memory, fsb_candidates=args.branching_candidates,
+                    lp_checks=args.lp_checks)
     searches = IntermediateBaBConfig()
     mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
                         k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split,

@@ -20,8 +20,9 @@ slopes. Subproblems are processed in batches (one batch dimension), best-first
 from a queue kept as stacked tensors, depth-first once the queue is full.
 
 Memory: with ``max_memory`` the queue holds at most ``max_memory // row_bytes``
-subproblems (``row_bytes``: the bytes of one subproblem's tensors), and a batch
-only as many subproblems as the optimisation of their children fits in it. Near that
+subproblems (``row_bytes``: the bytes of one subproblem's tensors); with
+``batch_memory`` a batch holds only as many subproblems as the optimisation of
+their children fits in it. Near that
 cap the search goes depth-first and pops only as many subproblems as their
 children may fill (at least one); if the children left open after bounding
 still do not fit, the clause stops with ``unknown`` (``stats["stopped"] =
@@ -204,6 +205,7 @@ class BaBConfig:
     branching: str = "babsr"
     max_queue: int = 20000  # beyond this many open subproblems, go depth-first
     max_memory: int | None = None  # bytes the open subproblems may take (None: no cap); see the module doc
+    batch_memory: int | None = None  # bytes the optimisation of one batch's children may take (None: no cap)
     max_depth: int = 1000  # a guard: fully split subproblems are solved exactly before this
     recompute_intermediate: bool = True  # refine the bounds of layers after the split (else only clamp)
     # filtered smart branching: the top candidates of each score tried per split (1: take the best score). On
@@ -506,12 +508,12 @@ class BranchAndBound:
         return BaBResult("certified", stats=self.stats)
 
     def batch_size(self) -> int:
-        """Subproblems per batch: at most ``batch_size``, and with ``max_memory`` as many as the optimisation of
+        """Subproblems per batch: at most ``batch_size``, and with ``batch_memory`` as many as the optimisation of
         their two children each fits in it (at least one)."""
-        if self.config.max_memory is None:
+        if self.config.batch_memory is None:
             return self.config.batch_size
         per_child = self.root.optimization_bytes(self.root.output, self.C.shape[1])
-        return max(1, min(self.config.batch_size, self.config.max_memory // (2 * per_child)))
+        return max(1, min(self.config.batch_size, self.config.batch_memory // (2 * per_child)))
 
     def lp_check(self, children: Subproblems, feasible: Tensor, margin: Tensor, inherited: Tensor) -> Tensor:
         """Clause margins (N,), raised to the LP bound for up to ``lp_checks`` open children that did not improve

@@ -97,7 +97,8 @@ def test_max_memory_defaults_to_half_the_available_memory_in_every_stage(tiny_mo
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < mnbab["max_memory"] <= physical // 2
     assert abs(mnbab["max_memory"] - default_max_memory()) < physical // 10  # the memory available moves a little
-    assert mnbab["bab_config"]["max_memory"] == mnbab["input_bab_config"]["max_memory"] == mnbab["max_memory"]
+    bab = mnbab["bab_config"]
+    assert bab["max_memory"] == bab["batch_memory"] == mnbab["input_bab_config"]["max_memory"] == mnbab["max_memory"]
     assert mnbab["intermediate_bab_config"]["max_memory"] <= mnbab["max_memory"]
 
 

@@ -377,7 +377,7 @@ def test_a_batch_holds_only_as_many_subproblems_as_fit_the_memory_cap():
     root = SplitDeepPoly(net, (x - 0.05)[None], (x + 0.05)[None])
     root.bound(spec.C[None])
     per_child = root.optimization_bytes(root.output, spec.C.shape[0])
-    search = BranchAndBound(root, spec.C[None], spec.d[None], BaBConfig(max_memory=10 * per_child), lambda xs: xs,
+    search = BranchAndBound(root, spec.C[None], spec.d[None], BaBConfig(batch_memory=10 * per_child), lambda xs: xs,
                             time.monotonic() + 1)
     assert search.batch_size() == 5
     search.config = BaBConfig()
