@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -22,6 +24,7 @@ from cli.errors import OneLineParser, UserError, run_main
 from cli.threads import torch_threads
 from domains.bab import BaBConfig
 from domains.input_bab import InputBaBConfig
+from domains.intermediate_bab import IntermediateBaBConfig
 from domains.mnbab import INPUT_SPLIT_MAX_DIMS, MNBaBConfig
 from training import distributed
 from verifier.api import pipeline
@@ -153,9 +156,10 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
                                          "the root by a small branch-and-bound per unstable neuron (0: off; "
                                          f"default {MNBaBConfig.intermediate_bab_share})")
     mnbab.add_argument("--max-memory", type=size_value, metavar="SIZE",
-                       help="memory for the open subproblems of branch-and-bound, e.g. 512M or 2G (default: no "
-                            "cap); near the cap BaB goes depth-first, and a property whose open subproblems still "
-                            "do not fit ends as unknown")
+                       help="memory each MN-BaB stage may take, e.g. 512M or 2G (default: half the memory "
+                            "available when the run starts): the optimised slopes of the bounds that do not fit "
+                            "stay DeepPoly's, near the cap BaB goes depth-first, and a property whose open "
+                            "subproblems still do not fit ends as unknown")
     mnbab.add_argument("--max-queue", type=int, default=BaBConfig.max_queue,
                        help=f"open subproblems beyond which BaB goes depth-first (default {BaBConfig.max_queue})")
     mnbab.add_argument("--milp-backend", choices=("auto", "highs", "gurobi"), default="auto",
@@ -174,6 +178,17 @@ def add_verifier_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
 
 
 SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+DEFAULT_MEMORY_SHARE = 0.5  # of the memory available at start: room for the process itself and the machine's others
+
+
+def default_max_memory() -> int:
+    """``DEFAULT_MEMORY_SHARE`` of the memory available now (MemAvailable; else of the physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(DEFAULT_MEMORY_SHARE * available)
 
 
 def size_value(text: str) -> int:
@@ -207,12 +222,16 @@ def options_from(args) -> Options:
             or min(args.alpha_iterations, args.lp_checks) < 0 or not 0 <= args.intermediate_bab_share <= 1):
         raise UserError("--bab-batch-size, --max-queue and --branching-candidates must be >= 1, "
                         "--alpha-iterations and --lp-checks >= 0 and --intermediate-bab-share in [0, 1]")
+    memory = args.max_memory
     bab = BaBConfig(batch_size=args.bab_batch_size, branching=args.branching, max_queue=args.max_queue,
-                    max_memory=args.max_memory, fsb_candidates=args.branching_candidates, lp_checks=args.lp_checks)
+                    max_memory=memory, batch_memory=memory, fsb_candidates=args.branching_candidates,
+                    lp_checks=args.lp_checks)
+    searches = IntermediateBaBConfig()
     mnbab = MNBaBConfig(alpha_iterations=args.alpha_iterations, multineuron=args.multineuron_k > 0,
                         k=max(args.multineuron_k, 2), bab_config=bab, split=args.bab_split,
-                        intermediate_bab_share=args.intermediate_bab_share,
-                        input_bab_config=InputBaBConfig(max_memory=args.max_memory),
+                        intermediate_bab_share=args.intermediate_bab_share, max_memory=memory,
+                        intermediate_bab_config=replace(searches, max_memory=min(searches.max_memory, memory)),
+                        input_bab_config=InputBaBConfig(max_memory=memory),
                         attack_restarts=0 if args.no_attack else MNBaBConfig.attack_restarts)
     return Options(milp_backend=args.milp_backend, mnbab=mnbab)
 
@@ -323,6 +342,8 @@ def check_verifier_options(args) -> tuple[list[str], torch.device]:
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be >= 1")
     torch.set_num_threads(torch_threads(args.threads))
+    if args.max_memory is None:  # chosen once per run, so the options recorded are those used
+        args.max_memory = default_max_memory()
     return domains, device
 
 

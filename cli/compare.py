@@ -1,6 +1,7 @@
 """`compare`: several models, radii and domains on the same samples; results.json, table.md and plot.png.
 
-Argument parsing and wiring only; each (model, eps) is one `certify` run (streamed, resumable).
+Argument parsing and wiring only; each (model, eps) is one `certify` run (streamed, resumable). A model that
+cannot be loaded or run on the samples is reported in one line and marked in the table; the others still run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import copy
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from cli.certify import (
     DEFAULT_NUM,
@@ -25,10 +28,13 @@ from cli.certify import (
     merge_run,
     run_sharded,
 )
-from cli.errors import OneLineParser, UserError, run_main
+from cli.errors import OneLineParser, UserError, run_main, user_errors
 from training import distributed
 from verifier.compare import comparison_rows, comparison_table, model_labels, plot
 from verifier.results import command_line, versions
+from verifier.spec import parse_eps
+
+R = TypeVar("R")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,24 +65,30 @@ def _main(argv: list[str] | None) -> int:
     radii = [e.strip() for e in args.eps.split(",") if e.strip()]
     if not radii:
         raise UserError(f"--eps {args.eps!r} gives no radius")
+    for eps in radii:  # shared by every model: refused once, before any run
+        parse_eps(eps, args.clip_min, args.clip_max)
     check_shard_options(args, args.out, "--out")
     out = Path(args.out)
     plan = [(label, model, eps) for model, label in zip(args.models, model_labels(args.models)) for eps in radii]
     with distributed.process_group(device, backend="gloo", timeout=SHARD_WAIT) as device:
         all_results = run_sharded(
-            args, lambda shard: [certify_run(_run_args(args, out, *run), domains, device, shard) for run in plan],
-            lambda required: _merged([merge_run(_run_args(args, out, *run), domains, device, required)
-                                      for run in plan]),
+            args, lambda shard: [_guarded(lambda run=run: certify_run(_run_args(args, out, *run), domains, device,
+                                                                      shard), run) for run in plan],
+            lambda required: _merged([_guarded(lambda run=run: merge_run(_run_args(args, out, *run), domains,
+                                                                         device, required), run) for run in plan]),
             [_run_args(args, out, *run).json for run in plan])
     if all_results is None:
         return 0
     runs = []
     for (label, model, eps), results in zip(plan, all_results):
+        if isinstance(results, Failed):
+            runs.append({"model": label, "path": model, "eps": eps, "error": results.reason})
+            continue
         runs.append({"model": label, "path": model, "model_sha256": results.meta["model_sha256"], "eps": eps,
                      "results_file": str(results.path), "summary": results.summary})
         print(f"{label} eps {eps}: " + ", ".join(f"{d} {s['certified']}/{s['n']}"
                                                   for d, s in results.summary.items()), file=sys.stderr)
-    rows = comparison_rows(runs)
+    rows = comparison_rows(runs, domains)
     meta = {"command": command_line(), "versions": versions(), "seed": args.seed, "domains": domains,
             "eps": radii, "models": args.models, "timeout_s": args.timeout or DEFAULT_TIMEOUT, "dataset": args.dataset,
             "inputs": args.inputs, "start": args.start, "num": args.num or DEFAULT_NUM}
@@ -85,7 +97,25 @@ def _main(argv: list[str] | None) -> int:
     plot(rows, out / "plot.png")
     print(comparison_table(rows))
     print(f"results written to {out}/ (results.json, table.md, plot.png)")
-    return 0
+    return 2 if any("error" in run for run in runs) else 0
+
+
+class Failed:
+    """A (model, eps) run that could not be made, and why (one line)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _guarded(run: Callable[[], R], plan_entry: tuple[str, str, str]) -> R | Failed:
+    """The run's result, or Failed with the one-line reason (also on stderr) if its model cannot be used."""
+    label, _, eps = plan_entry
+    try:
+        return run()
+    except user_errors() as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"compare: {label} eps {eps}: error: {reason}", file=sys.stderr)
+        return Failed(reason)
 
 
 def _run_args(args, out: Path, label: str, model: str, eps: str):

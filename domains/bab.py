@@ -20,7 +20,9 @@ slopes. Subproblems are processed in batches (one batch dimension), best-first
 from a queue kept as stacked tensors, depth-first once the queue is full.
 
 Memory: with ``max_memory`` the queue holds at most ``max_memory // row_bytes``
-subproblems (``row_bytes``: the bytes of one subproblem's tensors). Near that
+subproblems (``row_bytes``: the bytes of one subproblem's tensors); with
+``batch_memory`` a batch holds only as many subproblems as the optimisation of
+their children fits in it. Near that
 cap the search goes depth-first and pops only as many subproblems as their
 children may fill (at least one); if the children left open after bounding
 still do not fit, the clause stops with ``unknown`` (``stats["stopped"] =
@@ -39,7 +41,7 @@ import torch
 from torch import Tensor
 
 from domains import decide
-from domains.alpha import AlphaDeepPoly, NeuronSlopes, stop_by
+from domains.alpha import AlphaDeepPoly, NeuronSlopes, StopBy
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
 from domains.milp import CERTIFY_TOL, SplitLP
@@ -201,6 +203,7 @@ class BaBConfig:
     branching: str = "babsr"
     max_queue: int = 20000  # beyond this many open subproblems, go depth-first
     max_memory: int | None = None  # bytes the open subproblems may take (None: no cap); see the module doc
+    batch_memory: int | None = None  # bytes the optimisation of one batch's children may take (None: no cap)
     max_depth: int = 1000  # a guard: fully split subproblems are solved exactly before this
     recompute_intermediate: bool = True  # refine the bounds of layers after the split (else only clamp)
     # filtered smart branching: the top candidates of each score tried per split (1: take the best score)
@@ -316,7 +319,7 @@ class BranchAndBound:
         # were empty: LP-infeasible, dual bound unbounded) since no 10-step run beat the bound it started from
         # and each restarted from there; 50 steps prove them, and so do a few generations that carry on
         row_lower = dp.optimize(C, iterations=iterations, lr=self.config.lr_alpha, intermediate=False,
-                                done=stop_by(self.deadline, closed),
+                                done=StopBy(self.deadline, closed),
                                 lr_of={"beta": self.config.lr_beta, "gamma": self.config.lr_gamma}, keep_best=False)
         with torch.no_grad():
             A_in, const = dp.backsubstitute(dp.output, C)  # records the coefficients for branching
@@ -467,7 +470,7 @@ class BranchAndBound:
             self.stats["max_queue"] = max(self.stats["max_queue"], len(queue))
             if time.monotonic() > self.deadline:
                 return BaBResult("timeout", stats=self.stats)
-            batch = queue.take(self.config.batch_size, self.config.max_queue)
+            batch = queue.take(self.batch_size(), self.config.max_queue)
             if int(batch.depth.max()) >= self.config.max_depth:
                 return BaBResult("unknown", stats=self.stats)
             branchable = batch.branchable()
@@ -501,6 +504,14 @@ class BranchAndBound:
             if bool(keep.any()):
                 queue.push(children.select(keep))
         return BaBResult("certified", stats=self.stats)
+
+    def batch_size(self) -> int:
+        """Subproblems per batch: at most ``batch_size``, and with ``batch_memory`` as many as the optimisation of
+        their two children each fits in it (at least one)."""
+        if self.config.batch_memory is None:
+            return self.config.batch_size
+        per_child = self.root.optimization_bytes(self.root.output, self.C.shape[1])
+        return max(1, min(self.config.batch_size, self.config.batch_memory // (2 * per_child)))
 
     def lp_check(self, children: Subproblems, feasible: Tensor, margin: Tensor, inherited: Tensor) -> Tensor:
         """Clause margins (N,), raised to the LP bound for up to ``lp_checks`` open children that did not improve

@@ -12,7 +12,9 @@ bounds so far, then by back-substituting only the neurons that this leaves
 unstable; both are intersected, so DeepPoly is never looser than Box. Nodes
 whose interval bounds are already exact (one mixing affine op after the
 input) are not back-substituted, and the rows of a back-substitution are
-processed in chunks that bound its memory.
+processed in chunks that bound its memory. Past ``deadline`` the remaining
+chunks are not back-substituted: their neurons keep their interval bounds
+(valid, looser), so a wide network's bounds end by the deadline.
 
 Subclasses (alpha, beta, multi-neuron constraints) override ``lower_slope`` or
 ``relu_backward``; everything else is shared.
@@ -21,6 +23,7 @@ Subclasses (alpha, beta, multi-neuron constraints) override ``lower_slope`` or
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import Tensor
@@ -91,6 +94,7 @@ class DeepPoly:
         self.pre_activations = {net.nodes[r].inputs[0] for r in net.relu_nodes} - exact_by_intervals(net)
         self.chunk_elements = 1 << 20  # memory budget of one back-substitution (coefficient entries)
         self.window: Tensor | None = None  # in refine(): the neurons (N, c) whose bounds are being computed
+        self.deadline = math.inf  # time.monotonic() after which no more rows are back-substituted
         self.output = len(net.nodes) - 1
 
     # -- relaxation ---------------------------------------------------------------------------------
@@ -134,6 +138,10 @@ class DeepPoly:
         step = k if not self.rows_chunkable(node) else max(1, self.chunk_elements // (2 * n * widest))
         lowers, uppers = [], []  # (N, chunk) each: lower bounds of +x_i and of -x_i
         for part in idx.split(step, dim=1):
+            if time.monotonic() > self.deadline:
+                lowers.append(lo.flatten(1).gather(1, part))
+                uppers.append(hi.flatten(1).gather(1, part))
+                continue
             self.window = part
             eye = torch.zeros(n, part.shape[1], size, dtype=lo.dtype, device=lo.device)
             eye.scatter_(2, part.unsqueeze(-1), 1.0)

@@ -159,18 +159,18 @@ def tighten(dp: SplitDeepPoly, config: IntermediateBaBConfig, deadline: float,
 
     Each node's searches see the earlier nodes' tightened bounds, and the
     bounds of the nodes after it are recomputed (with ``dp``'s multipliers).
-    Nodes in ``skip`` are not searched (their bounds are still recomputed
-    from the earlier nodes'). With an ``objective`` (what the bounds serve,
-    e.g. the sum of the property's negative margins, <= 0, as a function of
-    ``dp``'s final bound) and ``focus`` < 1, only the searches of highest
-    :func:`priority` run, until they account for ``focus`` of the node's
+    Nodes in ``skip``, and nodes before every ReLU (nothing to split), are
+    not searched (their bounds are still recomputed from the earlier nodes').
+    With an ``objective`` (what the bounds serve, e.g. the sum of the
+    property's negative margins, <= 0, as a function of ``dp``'s final bound)
+    and ``focus`` < 1, only the searches of highest :func:`priority` run, until they account for ``focus`` of the node's
     total priority. Returns, with an ``objective``, each searched
     node's gain: the share of the objective's distance to 0 that its
     searches closed (the later bounds recomputed from them); else {}.
     """
     gains = {}
     value = None if objective is None else _value(objective, dp)  # the objective before the node's searches
-    for node in sorted(set(dp.refine_idx) - set(skip)):
+    for node in sorted(node for node in set(dp.refine_idx) - set(skip) if dp.has_slopes(node)):
         if time.monotonic() > deadline:
             break
         rows = None

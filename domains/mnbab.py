@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from domains import decide
-from domains.alpha import stop_by
+from domains.alpha import StopBy
 from domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
 from domains.deeppoly import DeepPoly
 from domains.input_bab import InputBaBConfig, InputBranchAndBound, clause_margins
@@ -67,6 +67,9 @@ class MNBaBConfig:
     attack_restarts: int = 50
     bab: bool = True
     bab_config: BaBConfig = field(default_factory=BaBConfig)
+    # bytes the root's optimisations may take (None: no cap): nodes whose per-row slopes would not fit keep their
+    # DeepPoly bounds (domains.alpha); on a conv net fed by a 16-dim input the uncapped alpha stage took 18-21 GB
+    max_memory: int | None = None
     split: str = "auto"  # 'relu', 'input', or 'auto' (input when the input has <= INPUT_SPLIT_MAX_DIMS dims)
     input_bab_config: InputBaBConfig = field(default_factory=InputBaBConfig)
 
@@ -132,12 +135,18 @@ def root_bounds(net: Network, lower: Tensor, upper: Tensor, C: Tensor, config: M
     stats = {} if stats is None else stats
     stats["stage"] = "deeppoly"
     dp = SplitDeepPoly(net, lower.unsqueeze(0), upper.unsqueeze(0))
+    dp.deadline, dp.max_memory = deadline, config.max_memory
+    start = time.monotonic()
     with torch.no_grad():
         bound = dp.bound(C)
+    # a step recomputes the optimised bounds forward and backward: the first judged at twice the DeepPoly pass,
+    # the multi-neuron stage's first at the alpha stage's last
+    stop = StopBy(deadline, decided, first_step=2 * (time.monotonic() - start))
     if not decided(bound) and config.alpha_iterations > 0 and time.monotonic() < deadline:
         stats["stage"] = "alpha"
         bound = torch.maximum(bound, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=True,
-                                                 done=stop_by(deadline, decided)))
+                                                 done=stop))
+        stats["alpha_frozen"] = len(dp.frozen)
     if not decided(bound) and config.multineuron and relu_split and time.monotonic() < deadline:
         stats["stage"] = "multineuron"
         now = time.monotonic()
@@ -148,7 +157,7 @@ def root_bounds(net: Network, lower: Tensor, upper: Tensor, C: Tensor, config: M
         if dp.gamma:
             bound = torch.maximum(bound, dp.optimize(C, config.gamma_iterations, config.lr_alpha,
                                                      intermediate=config.multineuron_intermediate,
-                                                     done=stop_by(deadline, decided),
+                                                     done=StopBy(deadline, decided, first_step=stop.step),
                                                      lr_of={"gamma": config.lr_gamma}))
     return dp, bound
 
@@ -185,7 +194,7 @@ def tighten_root(dp: SplitDeepPoly, C: Tensor, bound: Tensor, margins: Callable[
         skip |= {node for node, gain in gains.items() if gain < config.intermediate_bab_drop}
         stats["intermediate_passes"] = stats.get("intermediate_passes", 0) + 1
         best = torch.maximum(best, dp.optimize(C, config.alpha_iterations, config.lr_alpha, intermediate=False,
-                                               done=stop_by(deadline, lambda b: bool(decide.proved(margins(b)).all())),
+                                               done=StopBy(deadline, lambda b: bool(decide.proved(margins(b)).all())),
                                                lr_of={"gamma": config.lr_gamma}))
         left = -float(margins(best).min())
         if left < 0 or gap - left <= config.intermediate_bab_deepen * gap or time.monotonic() > stop:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -85,3 +87,24 @@ def random_region(net: Network, seed: int, n: int = 3, eps: float = 0.08, rows: 
     x = torch.rand(n, *net.input_shape, generator=g)
     C = torch.randn(n, rows, *net.output_shape, generator=g)
     return x - eps, x + eps, C
+
+
+def input_fed_conv_network(seed: int, n_in: int = 16, side: int = 32, channels: tuple[int, int] = (8, 16),
+                           n_out: int = 10) -> Network:
+    """A low-dimensional input feeding a conv net, as in generative or sensor benchmarks: Linear to 3 x side x
+    side, two stride-2 convolutions with ReLUs, then FC; random seeded weights."""
+    from domains.network import Conv2d, Linear, ReLU, Reshape
+
+    g = torch.Generator().manual_seed(seed)
+
+    def weights(*shape: int) -> tuple[torch.Tensor, torch.Tensor]:
+        fan_in = math.prod(shape[1:])
+        return torch.randn(shape, generator=g) * (2.0 / fan_in) ** 0.5, torch.randn(shape[0], generator=g) * 0.3
+
+    c1, c2 = channels
+    flat = c2 * (side // 4) ** 2
+    ops = [(Linear(*weights(3 * side * side, n_in)), (0,)), (Reshape((3, side, side)), (1,)),
+           (Conv2d(*weights(c1, 3, 3, 3), (2, 2), (1, 1), (1, 1)), (2,)), (ReLU(), (3,)),
+           (Conv2d(*weights(c2, c1, 3, 3), (2, 2), (1, 1), (1, 1)), (4,)), (ReLU(), (5,)), (Reshape((-1,)), (6,)),
+           (Linear(*weights(50, flat)), (7,)), (ReLU(), (8,)), (Linear(*weights(n_out, 50)), (9,))]
+    return Network((n_in,), ops)

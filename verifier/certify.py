@@ -13,12 +13,15 @@ properties as given (float64), not their rounded copies.
 
 Statuses: ``certified``, ``falsified`` (a counterexample confirmed by the
 concrete oracle), ``unknown``, ``timeout``, ``misclassified`` (the clean input
-already violates the property).
+already violates the property), ``error`` (a domain raised on the instance:
+its one-line reason goes to stderr and to the row; the other instances and
+domains go on).
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +36,14 @@ from verifier.attack import Oracle, confirmed, pgd_attack
 from verifier.registry import Options, Verdict
 from verifier.spec import Property, PropertyBatch
 
-STATUSES = ("certified", "falsified", "unknown", "timeout", "misclassified")
+STATUSES = ("certified", "falsified", "unknown", "timeout", "misclassified", "error")
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message, with its type where the message alone would not say it."""
+    lines = str(error).strip().splitlines()
+    user_error = isinstance(error, (OSError, ValueError))  # SpecError and OnnxImportError are ValueErrors
+    return lines[0] if lines and user_error else f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 @dataclass
@@ -55,10 +65,12 @@ class Row:
     status: str
     time_s: float
     counterexample: Tensor | None = field(default=None, repr=False)
+    reason: str | None = None  # with status 'error'
 
     def to_json(self) -> dict:
-        return {"index": self.index, "label": self.label, "predicted": self.predicted, "domain": self.domain,
-                "status": self.status, "time_s": round(self.time_s, 6)}
+        row = {"index": self.index, "label": self.label, "predicted": self.predicted, "domain": self.domain,
+               "status": self.status, "time_s": round(self.time_s, 6)}
+        return row | ({"reason": self.reason} if self.reason else {})
 
 
 @dataclass
@@ -117,9 +129,11 @@ class Pipeline:
 
         def rows_of(domain: str, members: list[int]) -> list[Row]:
             domain_status, domain_time, domain_example = list(status), list(shared), list(example)
-            self._run_domain(domain, batch, given, owner, set(members), domain_status, domain_time, domain_example)
+            reasons: dict[int, str] = {}
+            self._run_domain(domain, batch, given, owner, set(members), domain_status, domain_time, domain_example,
+                             reasons)
             return [Row(instances[k].index, instances[k].label, predicted[k], domain, domain_status[k] or "unknown",
-                        domain_time[k], domain_example[k]) for k in members]
+                        domain_time[k], domain_example[k], reasons.get(k)) for k in members]
 
         everyone = list(range(len(instances)))
         batched = [rows_of(domain, everyone) for domain in self.domains if domain not in registry.PER_PROPERTY]
@@ -147,12 +161,14 @@ class Pipeline:
         return predicted
 
     def _run_domain(self, domain: str, batch: PropertyBatch, given: PropertyBatch, owner: Tensor, members: set[int],
-                    status: list[str | None], spent: list[float], example: list[Tensor | None]) -> None:
+                    status: list[str | None], spent: list[float], example: list[Tensor | None],
+                    reasons: dict[int, str]) -> None:
         """Decides the instances among ``members`` still open (status None) with ``domain``, in place.
         ``batch``: the properties in the network's precision, ``given`` as given (float64).
 
         An instance is falsified if any of its disjuncts is (counterexample
-        confirmed by the oracle), certified if all are certified, else timeout
+        confirmed by the oracle), certified if all are certified, else error
+        if the domain raised on one (its reason in ``reasons``), else timeout
         if any timed out, else unknown.
         """
         open_props = [i for i in range(len(batch)) if owner[i].item() in members and status[owner[i]] is None]
@@ -169,9 +185,10 @@ class Pipeline:
                 verdicts[group[0]] = registry.Verdict("timeout")
                 continue
             start = time.perf_counter()
-            found = registry.run(domain, self.net, batch[group], deadline, self.options, self.exact)
-            for i, verdict in zip(group, found, strict=True):
+            for i, verdict in zip(group, self._verdicts(domain, batch, group, deadline), strict=True):
                 verdicts[i] = verdict
+                if verdict.status == "error":
+                    reasons[owner[i].item()] = verdict.stats["reason"]
                 if verdict.status == "falsified" and self._confirm(verdict.counterexample, given[[i]]):
                     status[owner[i]] = "falsified"
                     example[owner[i]] = self._inside(verdict.counterexample, given[[i]]).cpu()
@@ -182,7 +199,19 @@ class Pipeline:
             states = [verdicts[i].status for i in open_props if owner[i] == k and i in verdicts]
             props = sum(1 for i in open_props if owner[i] == k)
             status[k] = ("certified" if decide.all_proved([s == "certified" for s in states], props)
-                         else "timeout" if "timeout" in states else "unknown")
+                         else "error" if "error" in states else "timeout" if "timeout" in states else "unknown")
+
+    def _verdicts(self, domain: str, batch: PropertyBatch, group: list[int], deadline: float) -> list[Verdict]:
+        """The domain's verdicts on the properties ``group``; a property on which it raises is an ``error`` with
+        the reason (a batch that raises is run again one property at a time, so the others keep theirs)."""
+        try:
+            return registry.run(domain, self.net, batch[group], deadline, self.options, self.exact)
+        except Exception as e:  # noqa: BLE001 -- one failing property must not end the run
+            if len(group) > 1:
+                return [verdict for i in group for verdict in self._verdicts(domain, batch, [i], deadline)]
+            reason = one_line(e)
+            print(f"certify: {domain}: error: {reason}", file=sys.stderr)
+            return [Verdict("error", stats={"reason": reason}) for _ in group]
 
     def _confirm(self, x: Tensor, prop: PropertyBatch) -> bool:
         """A counterexample x (*in) counts only if the concrete oracle agrees on the property as given (float64),

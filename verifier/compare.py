@@ -15,10 +15,15 @@ def model_labels(paths: list[str]) -> list[str]:
     return [s if stems.count(s) == 1 else f"{Path(p).parent.name}/{s}" for p, s in zip(paths, stems)]
 
 
-def comparison_rows(runs: list[dict]) -> list[dict]:
-    """One row per (model, eps, domain) from runs ``{"model": label, "eps": text, "summary": {domain: ...}}``."""
+def comparison_rows(runs: list[dict], domains: list[str]) -> list[dict]:
+    """One row per (model, eps, domain) from runs ``{"model": label, "eps": text, "summary": {domain: ...}}``;
+    a run that failed (``{"model", "eps", "error": reason}``) gets a row per domain with its reason."""
     rows = []
     for run in runs:
+        if "error" in run:
+            rows += [{"model": run["model"], "eps": run["eps"], "domain": domain, "error": run["error"]}
+                     for domain in domains]
+            continue
         for domain, s in run["summary"].items():
             n = max(s["n"], 1)
             rows.append({"model": run["model"], "eps": run["eps"], "domain": domain, "n": s["n"],
@@ -30,12 +35,18 @@ def comparison_rows(runs: list[dict]) -> list[dict]:
 def comparison_table(rows: list[dict], markdown: bool = False) -> str:
     """The rows as a markdown table (``markdown``) or as aligned plain text for the terminal."""
     header = ("model", "eps", "domain", "n", "natural", "certified", "falsified", "unknown", "timeout", "mean s")
-    cells = [(r["model"], r["eps"], r["domain"], str(r["n"]), f"{100 * r['natural']:.1f}%",
-              f"{100 * r['certified']:.1f}%", str(r["falsified"]), str(r["unknown"]), str(r["timeout"]),
-              f"{r['mean_time_s']:.3f}") for r in rows]
+    cells = [(r["model"], r["eps"], r["domain"], *_cells(r)) for r in rows]
     if not markdown:
         return text_table(header, cells)
     return "\n".join(["| " + " | ".join(line) + " |" for line in [header, ("---",) * len(header), *cells]]) + "\n"
+
+
+def _cells(row: dict) -> tuple[str, ...]:
+    """The row's numbers, or ``error`` where its run failed."""
+    if "error" in row:
+        return ("-", "-", "error", "-", "-", "-", "-")
+    return (str(row["n"]), f"{100 * row['natural']:.1f}%", f"{100 * row['certified']:.1f}%", str(row["falsified"]),
+            str(row["unknown"]), str(row["timeout"]), f"{row['mean_time_s']:.3f}")
 
 
 def plot(rows: list[dict], path: str | os.PathLike) -> None:
@@ -45,6 +56,7 @@ def plot(rows: list[dict], path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if "error" not in r]
     models = list(dict.fromkeys(r["model"] for r in rows))
     domains = list(dict.fromkeys(r["domain"] for r in rows))
     eps_values = list(dict.fromkeys(r["eps"] for r in rows))

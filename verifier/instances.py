@@ -12,6 +12,11 @@ holds), falsified -> ``sat`` (with a counterexample), else ``unknown`` or
 result file: the answer on the first line and, after ``sat``, the
 counterexample ``((X_0 v) ... (Y_0 v))`` with the outputs computed by the
 concrete model (onnxruntime).
+
+An instance whose model or property cannot be loaded or verified (a missing
+file, an unsupported op, a malformed property, an exception in a domain) gets
+the status ``error`` (the competition's ``unknown``) with the one-line reason
+in the ``reason`` column and on stderr, and the run goes on.
 """
 
 from __future__ import annotations
@@ -21,21 +26,23 @@ import json
 import math
 import os
 import re
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from verifier.certify import Pipeline, Row
+from verifier.certify import Pipeline, Row, one_line
 from verifier.onnx_import import OnnxModel, load_onnx
 from verifier.problems import Model, adapt_to_images, vnnlib_instance
 from verifier.results import text_table
 from verifier.spec import SpecError
 from verifier.vnnlib import parse_vnnlib
 
-COLUMNS = ("onnx", "vnnlib", "domain", "status", "result", "time_s")
-ANSWER = {"certified": "unsat", "falsified": "sat", "timeout": "timeout", "unknown": "unknown"}
+COLUMNS = ("onnx", "vnnlib", "domain", "status", "result", "time_s", "reason")
+ANSWER = {"certified": "unsat", "falsified": "sat", "timeout": "timeout", "unknown": "unknown", "error": "unknown"}
 
 
 @dataclass(frozen=True)
@@ -74,11 +81,8 @@ def read_instances(path: str | os.PathLike) -> list[BenchmarkInstance]:
             raise SpecError(f"{path}:{line_no}: timeout {timeout!r} is not a number") from None
         if not math.isfinite(seconds) or seconds <= 0:
             raise SpecError(f"{path}:{line_no}: timeout must be positive, got {timeout}")
-        files = [path.parent / onnx, path.parent / vnnlib]
-        for file in files:
-            if not file.is_file():
-                raise SpecError(f"{path}:{line_no}: {file} not found")
-        instances.append(BenchmarkInstance(*files, seconds))
+        # a missing file is that instance's error (see run_instances), not the whole benchmark's
+        instances.append(BenchmarkInstance(path.parent / onnx, path.parent / vnnlib, seconds))
     if not instances:
         raise SpecError(f"{path}: no instances")
     return instances
@@ -125,10 +129,11 @@ def read_instance_rows(path: Path) -> list[dict]:
     """The rows of an instances results CSV (time_s as float)."""
     lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
     reader = csv.DictReader(lines)
-    if tuple(reader.fieldnames or ()) != COLUMNS:
+    if tuple(reader.fieldnames or ()) not in (COLUMNS, COLUMNS[:-1]):  # files without reasons resume too
         raise SpecError(f"cannot resume: {path} is not an instances results file")
     rows = []
-    for row in reader:  # a row torn by a hard kill is dropped: its instance runs again
+    for row in reader:
+        row["reason"] = row.get("reason") or ""  # a row torn by a hard kill is dropped: its instance runs again
         try:
             row["time_s"] = float(row["time_s"])
         except (TypeError, ValueError):
@@ -162,9 +167,9 @@ class InstanceResults:
     def done(self) -> set[tuple[str, str, str]]:
         return {(row["onnx"], row["vnnlib"], row["domain"]) for row in self.rows}
 
-    def add(self, instance: BenchmarkInstance, domain: str, status: str, time_s: float) -> None:
+    def add(self, instance: BenchmarkInstance, domain: str, status: str, time_s: float, reason: str = "") -> None:
         row = {"onnx": str(instance.onnx), "vnnlib": str(instance.vnnlib), "domain": domain, "status": status,
-               "result": ANSWER.get(status, "unknown"), "time_s": round(time_s, 4)}
+               "result": ANSWER.get(status, "unknown"), "time_s": round(time_s, 4), "reason": reason}
         self.rows.append(row)
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([row[c] for c in COLUMNS])
@@ -190,6 +195,9 @@ class Runner:
 
     def verify(self, instance: BenchmarkInstance, domains: list[str]) -> Iterator[Row]:
         """One row per domain, as each finishes."""
+        for file in (instance.onnx, instance.vnnlib):
+            if not file.is_file():
+                raise SpecError(f"{file} not found")
         onnx_model = self.model(instance)
         props = parse_vnnlib(instance.vnnlib)
         problem = vnnlib_instance(props, onnx_model.input_shape, onnx_model.output_size)
@@ -208,21 +216,39 @@ def run_instances(instances: list[BenchmarkInstance], domains: list[str], result
                   answers: Path | None = None, progress: Callable[[InstanceResults], None] | None = None
                   ) -> InstanceResults:
     """Verifies every instance in every domain not already in ``results``; with ``answers``, writes the
-    competition's result file of each to ``answers/<domain>/<onnx>__<vnnlib>.txt``."""
+    competition's result file of each to ``answers/<domain>/<onnx>__<vnnlib>.txt``.
+
+    An instance that raises gets an ``error`` row in each domain it had not finished, and the run goes on.
+    """
     done = results.done()
     for instance in instances:
         todo = [d for d in domains if (str(instance.onnx), str(instance.vnnlib), d) not in done]
-        for row in runner.verify(instance, todo) if todo else ():
-            results.add(instance, row.domain, row.status, row.time_s)
-            if answers is not None:
-                text = None
-                if row.status == "falsified":
-                    x = row.counterexample.double().numpy()
-                    text = counterexample_text(x, runner.outputs(instance, x))
-                write_answer(answers / row.domain / f"{instance.name}.txt", row.status, text)
+        start = time.monotonic()
+        try:
+            for row in runner.verify(instance, list(todo)) if todo else ():
+                todo.remove(row.domain)
+                _record(instance, row.domain, row.status, row.time_s, results, runner, answers, row.counterexample)
+        except Exception as e:  # noqa: BLE001 -- one bad instance must not end a benchmark run
+            reason = one_line(e)
+            print(f"certify: {instance.onnx.name}, {instance.vnnlib.name}: error: {reason}", file=sys.stderr)
+            for domain in todo:
+                _record(instance, domain, "error", time.monotonic() - start, results, runner, answers, reason=reason)
         if progress is not None:
             progress(results)
     return results
+
+
+def _record(instance: BenchmarkInstance, domain: str, status: str, time_s: float, results: InstanceResults,
+            runner: Runner, answers: Path | None, counterexample=None, reason: str = "") -> None:
+    """One result row, and the competition's result file when asked for."""
+    results.add(instance, domain, status, time_s, reason)
+    if answers is None:
+        return
+    text = None
+    if status == "falsified":
+        x = counterexample.double().numpy()
+        text = counterexample_text(x, runner.outputs(instance, x))
+    write_answer(answers / domain / f"{instance.name}.txt", status, text)
 
 
 def summarize_instances(rows: list[dict], domains: list[str]) -> dict[str, dict]:

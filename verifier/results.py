@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-STATUS_KEYS = ("certified", "falsified", "unknown", "timeout", "misclassified")
+STATUS_KEYS = ("certified", "falsified", "unknown", "timeout", "misclassified", "error")
 # meta entries that must agree for a run to be resumed from an existing file
 RESUME_KEYS = ("model_sha256", "domains", "dtype", "eps", "dataset", "inputs", "split", "vnnlib", "clip", "mean", "std",
                "timeout_s", "seed")
@@ -92,14 +92,17 @@ def summarize(rows: list[dict], domains: list[str]) -> dict[str, dict]:
 
 
 def format_table(summary: dict[str, dict]) -> str:
-    """A plain-text table: natural / certified accuracy per domain, verdict counts, times."""
-    header = ("domain", "n", "natural", "certified", "falsified", "unknown", "timeout", "mean s", "total s")
+    """A plain-text table: natural / certified accuracy per domain, verdict counts, times (errors if any)."""
+    errors = any(s.get("error", 0) for s in summary.values())
+    header = ("domain", "n", "natural", "certified", "falsified", "unknown", "timeout", *("error",) * errors,
+              "mean s", "total s")
     lines = []
     for domain, s in summary.items():
         n = max(s["n"], 1)
         lines.append((domain, str(s["n"]), f"{100 * s['natural'] / n:.1f}%",
                       f"{s['certified']} ({100 * s['certified'] / n:.1f}%)", str(s["falsified"]),
-                      str(s["unknown"]), str(s["timeout"]), f"{s['mean_time_s']:.3f}", f"{s['total_time_s']:.1f}"))
+                      str(s["unknown"]), str(s["timeout"]), *(str(s.get("error", 0)),) * errors,
+                      f"{s['mean_time_s']:.3f}", f"{s['total_time_s']:.1f}"))
     return text_table(header, lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from cli.certify import demo_files, main
+from cli.certify import default_max_memory, demo_files, main
 from domains.from_torch import Normalize
 from tests.interrupt import interrupt_midway
 from tests.paths import vnncomp_dir
@@ -84,6 +85,21 @@ def test_max_memory_reaches_branch_and_bound(tiny_model, tmp_path, capsys):
     bab = data["meta"]["options"]["mnbab"]["bab_config"]
     assert bab["max_queue"] == 100 and bab["max_memory"] == 1536 and bab["fsb_candidates"] == 2
     assert len(data["results"]) == 8
+
+
+def test_max_memory_defaults_to_half_the_available_memory_in_every_stage(tiny_model, tmp_path, capsys):
+    model, inputs, _ = tiny_model
+    out_json = tmp_path / "r.json"
+    code, _, err = run(capsys, model, "--inputs", inputs, "--eps", "2/255", "--domain", "mnbab", "--num", "2",
+                       "--json", out_json, "--quiet")
+    assert code == 0, err
+    mnbab = json.loads(out_json.read_text())["meta"]["options"]["mnbab"]
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < mnbab["max_memory"] <= physical // 2
+    assert abs(mnbab["max_memory"] - default_max_memory()) < physical // 10  # the memory available moves a little
+    bab = mnbab["bab_config"]
+    assert bab["max_memory"] == bab["batch_memory"] == mnbab["input_bab_config"]["max_memory"] == mnbab["max_memory"]
+    assert mnbab["intermediate_bab_config"]["max_memory"] <= mnbab["max_memory"]
 
 
 def test_large_eps_falsifies_with_checked_counterexamples(tiny_model, capsys, tmp_path):
@@ -178,7 +194,7 @@ def test_instances_runner_on_vnncomp_files(tmp_path, capsys):
                             "--vnncomp-dir", answers, "--quiet")
     assert code == 0, err
     lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
-    assert lines[0] == "onnx,vnnlib,domain,status,result,time_s"
+    assert lines[0] == "onnx,vnnlib,domain,status,result,time_s,reason"
     results = [line.split(",") for line in lines[1:]]
     assert [r[4] for r in results] == ["sat", "unsat" if results[1][3] == "certified" else "timeout", "unsat"]
     assert float(results[1][5]) < 3 * 1.1  # the instance's own timeout, honoured within 10%
@@ -240,7 +256,8 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
         "cuda_missing": [model, "--inputs", inputs, "--eps", "0.1", "--device", "cuda:7"],
         "inputs_nan": [model, "--inputs", _npz(tmp_path, np.full((2, 2, 4, 4), np.nan, np.float32)), "--eps", "0.1"],
         "instances_without_out": ["--instances", _text(tmp_path / "i.csv", f"{model},{model},10\n")],
-        "instances_malformed": ["--instances", _text(tmp_path / "i.csv", f"{model},10\n"), "--out", tmp_path / "o"],
+        "instances_malformed": ["--instances", _text(tmp_path / "two_columns.csv", f"{model},10\n"), "--out",
+                                tmp_path / "o"],
         "instances_with_model": [model, "--instances", _text(tmp_path / "i.csv", f"{model},{model},10\n"),
                                  "--out", tmp_path / "o.csv"],
         "out_without_instances": [model, "--inputs", inputs, "--eps", "0.1", "--out", tmp_path / "o.csv"],
@@ -280,6 +297,59 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
     assert len(lines) == 1 and lines[0].startswith("certify: error:"), err
     if case == "unsupported_op":
         assert "Sigmoid" in lines[0] and "sig0" in lines[0]
+
+
+def test_instances_run_survives_bad_models_and_properties(tiny_model, tmp_path, capsys):
+    """Every row of a benchmark mixing good instances with an unsupported op, a missing file and a malformed
+    property gets a result row and a competition answer; the good ones are decided."""
+    model, _, _ = tiny_model
+    good = _vnnlib(tmp_path, "ok.vnnlib")
+    rows = [(model, good), (_unsupported_model(tmp_path / "s.onnx"), good), (tmp_path / "gone.onnx", good),
+            (model, _text(tmp_path / "m.vnnlib", "(declare-const X_0 Real")), (model, good)]
+    csv = _text(tmp_path / "instances.csv", "".join(f"{o},{v},10\n" for o, v in rows))
+    out, answers = tmp_path / "results.csv", tmp_path / "answers"
+    code, stdout, err = run(capsys, "--instances", csv, "--domain", "deeppoly,mnbab", "--out", out, "--vnncomp-dir",
+                            answers, "--quiet", "--threads", "1")
+    assert code == 0 and "Traceback" not in err, err
+    lines = [line.split(",") for line in out.read_text().splitlines() if not line.startswith("#")]
+    assert lines[0] == ["onnx", "vnnlib", "domain", "status", "result", "time_s", "reason"]
+    mnbab = [line for line in lines[1:] if line[2] == "mnbab"]
+    assert len(lines) == 1 + 2 * len(rows) and len(mnbab) == len(rows)
+    assert [line[3] for line in mnbab[1:4]] == ["error"] * 3 and all(line[4] == "unknown" for line in mnbab[1:4])
+    assert "Sigmoid" in mnbab[1][6] and "not found" in mnbab[2][6] and mnbab[3][6]
+    assert mnbab[0][3] in ("certified", "falsified") and mnbab[4][3] == mnbab[0][3]
+    assert (answers / "mnbab" / "s__ok.txt").read_text() == "unknown\n"
+    assert (answers / "mnbab" / "tiny__m.txt").read_text() == "unknown\n"
+    assert len([line for line in err.splitlines() if ": error: " in line]) == 3, err
+
+
+def test_a_sample_on_which_a_domain_raises_gets_an_error_row_and_the_others_run(tiny_model, tmp_path, capsys,
+                                                                               monkeypatch):
+    from verifier import registry
+
+    model, inputs, _ = tiny_model
+    bad = float(np.load(inputs)["x"][3].reshape(-1)[0])
+    verify = registry.DOMAINS["deeppoly"]
+
+    def broken_on_sample_3(net, batch, deadline, options):  # its box holds the sample's first input value
+        inside = (batch.lower.flatten(1)[:, 0] <= bad) & (bad <= batch.upper.flatten(1)[:, 0])
+        if bool(inside.any()):
+            raise RuntimeError("out of memory\ndetails")
+        return verify(net, batch, deadline, options)
+
+    monkeypatch.setitem(registry.DOMAINS, "deeppoly", broken_on_sample_3)
+    code, stdout, err = run(capsys, model, "--inputs", inputs, "--eps", "1e-4", "--domain", "box,deeppoly", "--num",
+                            "6", "--json", tmp_path / "r.json", "--quiet", "--no-attack")
+    assert code == 0, err
+    rows = {(r["index"], r["domain"]): r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
+    assert len(rows) == 12
+    assert rows[(3, "deeppoly")]["status"] == "error"
+    assert rows[(3, "deeppoly")]["reason"] == "RuntimeError: out of memory"
+    others = [rows[(k, "deeppoly")] for k in (1, 2, 4, 5)]  # sample 0 is misclassified
+    assert all(r["status"] in ("certified", "unknown") and "reason" not in r for r in others), others
+    assert rows[(3, "box")]["status"] in ("certified", "unknown")
+    assert "error" in stdout.splitlines()[0]
+    assert err.count("certify: deeppoly: error: RuntimeError: out of memory") == 1, err
 
 
 def _npz(folder, x, y=None):

@@ -67,6 +67,22 @@ def test_bad_arguments_give_one_line(two_models, tmp_path, capsys, extra, messag
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
+def test_a_bad_model_is_marked_and_the_others_run(two_models, tmp_path, capsys):
+    models, inputs = two_models
+    missing = tmp_path / "gone.onnx"
+    out = tmp_path / "cmp"
+    code = main([str(missing), str(models[0]), "--inputs", str(inputs), "--eps", "0.1", "--domain", "box", "--num",
+                 "3", "--out", str(out), "--quiet", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("compare: gone eps 0.1: error: ") and "gone.onnx" in errors[0]
+    data = json.loads((out / "results.json").read_text())
+    assert "error" in data["runs"][0] and data["runs"][1]["summary"]["box"]["n"] == 3
+    assert [(r["model"], "error" in r) for r in data["rows"]] == [("gone", True), ("model", False)]
+    assert "| gone | 0.1 | box | - | - | error |" in (out / "table.md").read_text()
+
+
 def test_model_given_twice_is_refused(two_models, tmp_path, capsys):
     models, inputs = two_models
     code = main([str(models[0]), str(models[0]), "--inputs", str(inputs), "--eps", "0.1", "--out", str(tmp_path)])

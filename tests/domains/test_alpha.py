@@ -1,14 +1,15 @@
 """alpha-CROWN: sound for every slope choice, never worse than DeepPoly after optimisation."""
 
+import math
 import time
 
 import pytest
 import torch
 
-from domains.alpha import AlphaDeepPoly, stop_by
+from domains.alpha import AlphaDeepPoly, StopBy
 from domains.deeppoly import DeepPoly
 from domains.network import Linear, Network, ReLU
-from tests.random_nets import KINDS, random_network, random_region
+from tests.random_nets import KINDS, input_fed_conv_network, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
 
 
@@ -76,12 +77,12 @@ def test_adam_matches_torch_optim_with_a_learning_rate_per_tensor():
 def test_stop_by_ends_before_a_step_would_pass_the_deadline():
     best = torch.zeros(1, 1)
     now = time.monotonic()
-    stop = stop_by(now + 0.2)
+    stop = StopBy(now + 0.2)
     assert not stop(best)  # the first step: nothing known about its length
     time.sleep(0.15)
     assert stop(best)  # a second step of 0.15 s would end past the deadline
-    assert stop_by(now + 60, done=lambda b: bool((b >= 0).all()))(best)  # done still ends it
-    assert stop_by(now - 1)(best)  # a deadline already passed
+    assert StopBy(now + 60, done=lambda b: bool((b >= 0).all()))(best)  # done still ends it
+    assert StopBy(now - 1)(best)  # a deadline already passed
 
 
 def test_optimize_honours_a_deadline():
@@ -89,7 +90,7 @@ def test_optimize_honours_a_deadline():
     lower, upper, C = random_region(net, seed=0, eps=0.1)
     start = time.monotonic()
     dp = AlphaDeepPoly(net, lower, upper)
-    bound = dp.optimize(C, iterations=10**6, done=stop_by(start + 1.0))
+    bound = dp.optimize(C, iterations=10**6, done=StopBy(start + 1.0))
     assert time.monotonic() - start < 1.1
     assert (bound >= DeepPoly(net, lower, upper).bound(C) - 1e-6).all()  # still a valid, improved bound
 
@@ -121,3 +122,79 @@ def test_intermediate_slopes_reach_the_bounds_of_a_direct_optimisation():
     target = unstable_width(direct[:, :30], -direct[:, 30:])
     assert unstable_width(plain[:, :30], -plain[:, 30:]) > 1.1 * target  # there is something to gain
     assert unstable_width(*full.bounds[3]) <= 1.01 * target
+
+
+def _input_fed_conv_problem():
+    """The 16-dim input conv net of tests.random_nets around a random point, robustness rows of its label."""
+    net = input_fed_conv_network(0, side=16)
+    x = torch.rand(1, 16, generator=torch.Generator().manual_seed(0))
+    label = int(net(x).argmax())
+    others = [j for j in range(10) if j != label]
+    C = torch.zeros(1, 9, 10)
+    C[0, :, label] = 1.0
+    C[0, range(9), others] = -1.0
+    return net, x - 0.05, x + 0.05, C
+
+
+def _slope_bytes(dp: AlphaDeepPoly) -> int:
+    """Bytes of the slopes an optimisation held, with their gradients and Adam's two moments."""
+    return 4 * sum(a.numel() * a.element_size() for a in dp.alpha.values())
+
+
+def test_capped_optimisation_keeps_its_slopes_under_the_cap_and_stays_sound():
+    net, lower, upper, C = _input_fed_conv_problem()
+    uncapped = AlphaDeepPoly(net, lower, upper)
+    uncapped.optimize(C, iterations=3)
+    capped = AlphaDeepPoly(net, lower, upper)
+    capped.bound(C)
+    movable = [node for node in capped.refine_idx if capped.has_slopes(node)]
+    widest = max(movable, key=lambda node: capped.refine_idx[node].shape[1] * math.prod(net.shapes[node]))
+    # room for the final rows and every optimisable node but the widest convolution
+    cap = sum(capped.optimization_bytes(node, 2 * capped.refine_idx[node].shape[1]) for node in movable
+              if node != widest) + capped.optimization_bytes(capped.output, C.shape[1])
+    assert _slope_bytes(uncapped) > cap  # without the cap the slopes alone would not fit
+    capped.max_memory = cap
+    optimised = capped.optimize(C, iterations=3)
+    assert widest in capped.frozen and 0 < _slope_bytes(capped) <= cap
+    assert not any(start == widest for start, _ in capped.alpha)
+    assert (optimised >= DeepPoly(net, lower, upper).bound(C) - 1e-6).all()
+    assert (optimised <= concrete_minimum(net, lower, upper, C, seed=0) + 1e-5).all()
+    assert_node_bounds_hold(net, capped.bounds, lower, upper, samples=300, seed=0)
+
+
+def test_a_cap_below_the_final_rows_skips_the_stage():
+    net, lower, upper, C = _input_fed_conv_problem()
+    dp = AlphaDeepPoly(net, lower, upper)
+    dp.max_memory = 1024
+    assert torch.equal(dp.optimize(C, iterations=3), DeepPoly(net, lower, upper).bound(C))
+    assert dp.alpha == {}
+
+
+class Unplanned(AlphaDeepPoly):
+    """Every refined node optimised, none frozen: the optimisation without memory planning."""
+
+    def plan_memory(self, rows: int, intermediate: bool) -> bool:
+        self.frozen = set()
+        return True
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(3))
+def test_the_default_cap_keeps_the_bounds_of_small_networks(kind, seed):
+    """Tightness kept: under a cap of a few GB, small nets' optimised bounds are those without planning."""
+    _, net = random_network(seed, kind, detach=True)
+    lower, upper, C = random_region(net, seed, n=1, eps=0.15, rows=3)
+    capped = AlphaDeepPoly(net, lower, upper)
+    capped.max_memory = 4 << 30
+    bounds = capped.optimize(C, iterations=10)
+    assert capped.frozen == set()
+    torch.testing.assert_close(bounds, Unplanned(net, lower, upper).optimize(C, iterations=10), rtol=0, atol=0)
+
+
+def test_nodes_before_every_relu_are_not_reoptimised_and_the_bounds_stay():
+    """The first convolution after the input's Linear has no slope to optimise: frozen, same bounds."""
+    net, lower, upper, C = _input_fed_conv_problem()
+    planned, unplanned = AlphaDeepPoly(net, lower, upper), Unplanned(net, lower, upper)
+    a, b = planned.optimize(C, iterations=5), unplanned.optimize(C, iterations=5)
+    assert planned.frozen == {3}
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -14,8 +14,9 @@ from domains.from_torch import network_from_torch
 from domains.milp import SplitLP
 from domains.network import Conv2d, Linear
 from domains.pool import Pool
-from tests.random_nets import random_network
+from tests.random_nets import input_fed_conv_network, random_network
 from tests.soundness import concrete_minimum
+from verifier.spec import robustness_spec
 
 
 def _split_region_points(net, lower, upper, split, n=20000, seed=0):
@@ -395,3 +396,17 @@ def test_a_nan_bound_keeps_the_subproblem_open():
     assert not bool(decide.proved(search.margin(root))[0])
     search.deadline = time.monotonic() + 10.0
     assert search.run(root).status != "certified"
+
+
+def test_a_batch_holds_only_as_many_subproblems_as_fit_the_memory_cap():
+    net = input_fed_conv_network(0, side=16)
+    x = torch.rand(16, generator=torch.Generator().manual_seed(0))
+    spec = robustness_spec(int(net(x[None]).argmax()), 10)
+    root = SplitDeepPoly(net, (x - 0.05)[None], (x + 0.05)[None])
+    root.bound(spec.C[None])
+    per_child = root.optimization_bytes(root.output, spec.C.shape[0])
+    search = BranchAndBound(root, spec.C[None], spec.d[None], BaBConfig(batch_memory=10 * per_child), lambda xs: xs,
+                            time.monotonic() + 1)
+    assert search.batch_size() == 5
+    search.config = BaBConfig()
+    assert search.batch_size() == BaBConfig.batch_size

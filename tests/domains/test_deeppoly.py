@@ -1,13 +1,15 @@
 """DeepPoly: sound on random nets, tighter than Box where it should be, exact where no neuron is unstable."""
 
+import time
+
 import pytest
 import torch
 
 from domains import box
 from domains.deeppoly import DeepPoly, exact_by_intervals, min_area_lower_slope, triangle_upper, unstable_indices
 from domains.network import Linear, Network, ReLU
-from tests.random_nets import KINDS, random_network, random_region
-from tests.soundness import concrete_minimum
+from tests.random_nets import KINDS, input_fed_conv_network, random_network, random_region
+from tests.soundness import assert_node_bounds_hold, concrete_minimum
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -128,3 +130,18 @@ def test_a_nan_bounded_relu_is_not_relaxed_as_dead():
     dp.upper_lines[2] = triangle_upper(lo, hi)
     assert torch.isnan(dp.upper_lines[2][0][0, 0])
     assert not torch.isfinite(dp.linear_lower(dp.output, -torch.ones(1, 1, 1))).any()
+
+
+def test_rows_past_the_deadline_keep_their_interval_bounds():
+    """Back-substitution stops at the deadline: the bounds left are the looser interval ones, still sound."""
+    net = input_fed_conv_network(0, side=16)
+    x = torch.rand(1, 16, generator=torch.Generator().manual_seed(0))
+    lower, upper = x - 0.05, x + 0.05
+    full, late = DeepPoly(net, lower, upper), DeepPoly(net, lower, upper)
+    late.deadline = time.monotonic() - 1.0
+    full.compute_intermediate_bounds()
+    late.compute_intermediate_bounds()
+    widths = {node: tuple((d.bounds[node][1] - d.bounds[node][0]).sum() for d in (late, full))
+              for node in full.refine_idx}
+    assert all(w_late > w_full for w_late, w_full in widths.values()), widths
+    assert_node_bounds_hold(net, late.bounds, lower, upper, samples=300, seed=0)

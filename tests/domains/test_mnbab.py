@@ -18,7 +18,7 @@ from domains.milp import milp_verify
 from domains.mnbab import MNBaBConfig, mnbab_verify, root_bounds, tighten_root
 from domains.pgd import pgd_maximize
 from tests.paths import mnist_fc_property
-from tests.random_nets import fc_model, random_network, random_region
+from tests.random_nets import fc_model, input_fed_conv_network, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum, exact_range
 from verifier.spec import robustness_spec
 
@@ -334,3 +334,29 @@ def test_deeper_passes_tighten_the_intermediate_bounds_while_they_pay_off():
             assert lo[i] <= low + 1e-5 and hi[i] >= high - 1e-5
     assert deeper > 0
     assert (bound <= concrete_minimum(net, lower[None], upper[None], C) + 1e-5).all()
+
+
+QUICK = {"alpha_iterations": 1, "multineuron": False, "intermediate_bab_share": 0.0, "bab": False}
+STAGES = {"alpha": dict(QUICK, alpha_iterations=10 ** 6),
+          "multineuron": dict(QUICK, multineuron=True, gamma_iterations=10 ** 6),
+          "intermediate_bab": dict(QUICK, intermediate_bab_share=1.0),
+          "relu_bab": dict(QUICK, bab=True, split="relu"),
+          "input_bab": dict(QUICK, bab=True, split="input")}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_ends_by_the_timeout_on_a_conv_net(stage):
+    """A 16-dim input feeding a conv net, a property no bound can prove and no counterexample check accepts:
+    each stage alone would run on; the property must end within 10% + 1 s of its timeout, under a small
+    memory cap."""
+    net = input_fed_conv_network(0, side=16)
+    x = torch.rand(16, generator=torch.Generator().manual_seed(0))
+    spec = robustness_spec(int(net(x[None]).argmax()), 10)
+    config = MNBaBConfig(**STAGES[stage], max_memory=8 << 20)
+    timeout = 2.0
+    start = time.monotonic()
+    result = mnbab_verify(net, x - 0.05, x + 0.05, spec.C, spec.d + 100.0, spec.clause, start + timeout,
+                          lambda xs: torch.zeros(len(xs), dtype=torch.bool), config)
+    elapsed = time.monotonic() - start
+    assert result.status in ("timeout", "unknown"), result.stats
+    assert elapsed <= 1.1 * timeout + 1.0, (elapsed, result.stats)

@@ -40,13 +40,18 @@ def test_read_instances_resolves_paths_from_the_csv_folder(bench):
     ("onnx/a.onnx,vnnlib/p.vnnlib\n", "expected 'onnx,vnnlib,timeout'"),
     ("onnx/a.onnx,vnnlib/p.vnnlib,soon\n", "is not a number"),
     ("onnx/a.onnx,vnnlib/p.vnnlib,-1\n", "must be positive"),
-    ("onnx/missing.onnx,vnnlib/p.vnnlib,10\n", "not found"),
     ("\n", "no instances"),
 ])
 def test_read_instances_rejects_malformed_rows(bench, text, message):
     (bench / "bad.csv").write_text(text)
     with pytest.raises(SpecError, match=message):
         read_instances(bench / "bad.csv")
+
+
+def test_read_instances_keeps_rows_whose_files_are_missing(bench):
+    """A missing file is its instance's error when run (a result row), not the whole benchmark's."""
+    (bench / "gone.csv").write_text("onnx/missing.onnx,vnnlib/p.vnnlib,10\nonnx/a.onnx,vnnlib/p.vnnlib,10\n")
+    assert [i.name for i in read_instances(bench / "gone.csv")] == ["missing__p", "a__p"]
 
 
 def test_counterexample_text_is_the_competition_format(tmp_path):
@@ -91,9 +96,11 @@ def test_run_writes_rows_answers_and_resumes(bench, tmp_path):
     assert runner.asked == [("a__p", ("box", "mnbab")), ("b__q", ("box", "mnbab"))]  # a__p not redone
     assert (answers / "box" / "b__q.txt").read_text() == "unsat\n"
     text = out.read_text()
-    assert text.startswith('# command: "certify --instances x"\n# seed: 0\nonnx,vnnlib,domain,status,result,time_s\n')
+    assert text.startswith('# command: "certify --instances x"\n# seed: 0\n'
+                           'onnx,vnnlib,domain,status,result,time_s,reason\n')
     assert '# resumed: "again"\n# resumed with versions: {"nncert_commit": "abc"}\n' in text
     summary = summarize_instances(resumed.rows, ["box", "mnbab"])
+    assert all(r["reason"] == "" for r in resumed.rows)
     assert summary["box"] == {"n": 2, "unsat": 1, "sat": 1, "timeout": 0, "unknown": 0, "mean_time_s": 1.5,
                               "total_time_s": 3.0}
     assert len(InstanceResults(out, {}, resume=True).rows) == 4
@@ -115,3 +122,39 @@ def test_resume_drops_a_torn_last_row(tmp_path):
     resumed = InstanceResults(out, {"command": "y"}, resume=True)
     assert [(r["onnx"], r["result"]) for r in resumed.rows] == [(str(instance.onnx), "unsat")]
     assert '\n# resumed: "y"\n' in out.read_text()
+
+
+class RaisingRunner(FakeRunner):
+    """Raises on the instances named in ``bad`` after yielding their first domain's row."""
+
+    def __init__(self, verdicts, bad):
+        super().__init__(verdicts)
+        self.bad = bad
+
+    def verify(self, instance, domains):
+        for i, row in enumerate(super().verify(instance, domains)):
+            if instance.name in self.bad and i == 1:
+                raise self.bad[instance.name]
+            yield row
+
+
+def test_an_instance_that_raises_gets_error_rows_and_the_run_goes_on(bench, tmp_path, capsys):
+    instances = read_instances(bench / "instances.csv")
+    runner = RaisingRunner({"a__p": "certified", "b__q": "certified"}, {"a__p": RuntimeError("bad\nmore")})
+    out, answers = tmp_path / "results.csv", tmp_path / "answers"
+    results = run_instances(instances, ["box", "mnbab"], InstanceResults(out, {}), runner, answers)
+    assert [(r["vnnlib"][-8:], r["domain"], r["status"], r["result"], r["reason"]) for r in results.rows] == [
+        ("p.vnnlib", "box", "certified", "unsat", ""), ("p.vnnlib", "mnbab", "error", "unknown", "RuntimeError: bad"),
+        ("q.vnnlib", "box", "certified", "unsat", ""), ("q.vnnlib", "mnbab", "certified", "unsat", "")]
+    assert (answers / "mnbab" / "a__p.txt").read_text() == "unknown\n"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["certify: a.onnx, p.vnnlib: error: RuntimeError: bad"]
+    assert InstanceResults(out, {}, resume=True).rows == results.rows  # the reason survives the file
+
+
+def test_resume_reads_files_written_without_the_reason_column(tmp_path):
+    out = tmp_path / "old.csv"
+    out.write_text("onnx,vnnlib,domain,status,result,time_s\na.onnx,p.vnnlib,box,certified,unsat,1.0\n")
+    assert InstanceResults(out, {}, resume=True).rows == [
+        {"onnx": "a.onnx", "vnnlib": "p.vnnlib", "domain": "box", "status": "certified", "result": "unsat",
+         "time_s": 1.0, "reason": ""}]
