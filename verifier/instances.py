@@ -227,7 +227,8 @@ def run_instances(instances: list[BenchmarkInstance], domains: list[str], result
         try:
             for row in runner.verify(instance, list(todo)) if todo else ():
                 todo.remove(row.domain)
-                _record(instance, row.domain, row.status, row.time_s, results, runner, answers, row.counterexample)
+                _record(instance, row.domain, row.status, row.time_s, results, runner, answers, row.counterexample,
+                        row.reason or "")
         except Exception as e:  # noqa: BLE001 -- one bad instance must not end a benchmark run
             reason = one_line(e)
             print(f"certify: {instance.onnx.name}, {instance.vnnlib.name}: error: {reason}", file=sys.stderr)

@@ -152,6 +152,17 @@ def test_an_instance_that_raises_gets_error_rows_and_the_run_goes_on(bench, tmp_
     assert InstanceResults(out, {}, resume=True).rows == results.rows  # the reason survives the file
 
 
+def test_a_domain_error_row_keeps_its_reason(bench, tmp_path):
+    class ErrorRunner(FakeRunner):
+        def verify(self, instance, domains):
+            yield Row(0, None, None, domains[0], "error", 0.5, reason="RuntimeError: boom")
+
+    instances = read_instances(bench / "instances.csv")[:1]
+    results = run_instances(instances, ["mnbab"], InstanceResults(tmp_path / "r.csv", {}), ErrorRunner({}))
+    rows = [(r["status"], r["result"], r["reason"]) for r in results.rows]
+    assert rows == [("error", "unknown", "RuntimeError: boom")]
+
+
 def test_resume_reads_files_written_without_the_reason_column(tmp_path):
     out = tmp_path / "old.csv"
     out.write_text("onnx,vnnlib,domain,status,result,time_s\na.onnx,p.vnnlib,box,certified,unsat,1.0\n")
