@@ -1,4 +1,4 @@
-"""The training loop: std, pgd, ibp, sabr and abscert through one loop, with checkpoints, metrics and export.
+"""The training loop: std, pgd, ibp, sabr, mtl-ibp and abscert through one loop, with checkpoints, metrics and export.
 
 A run directory holds:
 
@@ -88,7 +88,8 @@ class Objective(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor, setting: BatchSetting) -> dict[str, Tensor]:
         config = self.config
-        terms = method_loss(config.method, self.model, x, y, setting, config.lam, config.pgd_steps, config.reg_tol)
+        terms = method_loss(config.method, self.model, x, y, setting, config.lam, config.pgd_steps, config.reg_tol,
+                            mtl_alpha=config.mtl_alpha)
         if config.l1 > 0:
             terms["l1"] = config.l1 * l1_penalty(self.model)
         return terms
