@@ -80,7 +80,7 @@ class TrainConfig:
     data_dir: str | None = None
     subset: int | None = None  # train on the first N training images
     val_size: int = 500  # test images evaluated after every epoch
-    eval_subset: int | None = None  # test images of the final summary (default: all)
+    eval_subset: int | None = 1000  # test images of the final summary (None: all)
     eval_pgd_steps: int = 40
     eval_pgd_restarts: int = 1
     device: str = "cpu"
