@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eps", default="2/255,8/255", help="comma-separated radii")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--subset", type=int, default=20000, help="train on the first N training images (0: all)")
+    p.add_argument("--subset", type=int, default=10000, help="train on the first N training images (0: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of every run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage", choices=("all", "train", "certify"), default="all")

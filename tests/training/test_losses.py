@@ -94,3 +94,18 @@ def test_mtl_ibp_is_the_convex_combination_of_the_pgd_and_ibp_losses(alpha):
     assert adversarial > 0 and ibp["ce"] > adversarial  # the two ends differ, so alpha's side is checked
     assert torch.allclose(mtl["ce"], (1 - alpha) * adversarial + alpha * ibp["ce"], rtol=1e-5)
     assert torch.equal(mtl["reg"], ibp["reg"])  # Shi et al.'s warm-up regularisers as for IBP
+
+
+def test_margin_bounds_of_a_model_without_relu_are_exact():
+    """Nothing stops the back-substitution: the input's coefficients are concretised, giving the exact minimum."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    x, y = _batch()
+    lower, upper = linf_box(x, 0.05)
+    with torch.no_grad():
+        margins = margin_lower_bounds(network_from_torch(model, (1, 28, 28)), lower, upper, y)
+        A = margin_matrix(y, 10) @ model[1].weight  # (N, K, 784)
+        exact = (A @ x.flatten(1)[..., None]).squeeze(-1) + margin_matrix(y, 10) @ model[1].bias
+        exact -= (A.abs() @ ((upper - lower) / 2).flatten(1)[..., None]).squeeze(-1)
+        exact += (A @ ((upper + lower) / 2 - x).flatten(1)[..., None]).squeeze(-1)
+    assert torch.allclose(margins, exact, atol=1e-4)  # skipping the input would leave C b
