@@ -50,10 +50,11 @@ def pgd_maximize(loss_fn: Callable[[Tensor], Tensor], lower: Tensor, upper: Tens
             x.requires_grad_(True)
             with torch.enable_grad():
                 loss = loss_fn(x)
-                grad, = torch.autograd.grad(loss.sum(), x)
+                total = loss.sum()
             remember(x.detach(), loss.detach())
             if step == steps or (stop is not None and bool(stop(best_loss).all())):
-                break
+                break  # before the backward pass: the last point's gradient would go unused
+            grad, = torch.autograd.grad(total, x)
             size = step_size * _decay_factor(step + 1, steps, decay)
             x = torch.minimum(torch.maximum(x.detach() + size * width * grad.sign(), lower), upper)
         if stop is not None and bool(stop(best_loss).all()):

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from training.abscert import default_bin_width
 from training.datasets import DATASETS
 
-METHODS = ("std", "pgd", "ibp", "sabr", "abscert")
+METHODS = ("std", "pgd", "ibp", "sabr", "mtl-ibp", "abscert")
 MODELS = ("fc", "cnn3", "cnn5", "cnn7")
-CERTIFIED = ("ibp", "sabr")
+CERTIFIED = ("ibp", "sabr", "mtl-ibp")
 
 
 class ConfigError(ValueError):
@@ -33,13 +33,14 @@ class Recipe:
     lr_milestones: tuple[int, ...]
     warmup_epochs: int
     ramp_epochs: int
+    mtl_alpha: float  # MTL-IBP's weight of the IBP loss (De Palma et al., ICLR 2024, their CNN7 runs)
 
 
 RECIPES = {
-    "mnist": (Recipe(0.1, 0.4, 1e-5, 70, 256, (50, 60), 1, 20),
-              Recipe(0.3, 0.6, 1e-6, 70, 256, (50, 60), 1, 20)),
-    "cifar10": (Recipe(2 / 255, 0.1, 1e-6, 160, 128, (120, 140), 1, 80),
-                Recipe(8 / 255, 0.7, 0.0, 180, 128, (140, 160), 1, 80)),
+    "mnist": (Recipe(0.1, 0.4, 1e-5, 70, 256, (50, 60), 1, 20, 1e-2),
+              Recipe(0.3, 0.6, 1e-6, 70, 256, (50, 60), 1, 20, 8e-2)),
+    "cifar10": (Recipe(2 / 255, 0.1, 1e-6, 160, 128, (120, 140), 1, 80, 4e-3),
+                Recipe(8 / 255, 0.7, 0.0, 180, 128, (140, 160), 1, 80, 0.5)),
 }
 
 
@@ -59,6 +60,7 @@ class TrainConfig:
     out: str
     train_eps: float | None = None  # epsilon trained for (default: eps)
     lam: float | None = None  # SABR: small-box radius tau = lam * eps; 1 is IBP
+    mtl_alpha: float | None = None  # MTL-IBP: loss (1 - alpha) L_adv + alpha L_IBP
     bin_width: float | None = None  # AbsCert: bin width eta of the input abstraction (default 2 * train_eps)
     epochs: int | None = None
     batch_size: int | None = None
@@ -78,7 +80,7 @@ class TrainConfig:
     data_dir: str | None = None
     subset: int | None = None  # train on the first N training images
     val_size: int = 500  # test images evaluated after every epoch
-    eval_subset: int | None = None  # test images of the final summary (default: all)
+    eval_subset: int | None = 1000  # test images of the final summary (None: all)
     eval_pgd_steps: int = 40
     eval_pgd_restarts: int = 1
     device: str = "cpu"
@@ -99,6 +101,7 @@ class TrainConfig:
             self,
             train_eps=self.eps if self.train_eps is None else self.train_eps,
             lam=r.lam if self.lam is None else self.lam,
+            mtl_alpha=self._mtl_alpha(r),
             bin_width=self._bin_width(),
             epochs=epochs,
             batch_size=r.batch_size if self.batch_size is None else self.batch_size,
@@ -119,6 +122,12 @@ class TrainConfig:
             return self.bin_width
         return default_bin_width(self.eps if self.train_eps is None else self.train_eps)
 
+    def _mtl_alpha(self, r: Recipe) -> float | None:
+        """MTL-IBP's alpha: as given, else the paper's value for the recipe; None for the other methods."""
+        if self.method != "mtl-ibp" or self.mtl_alpha is not None:
+            return self.mtl_alpha
+        return r.mtl_alpha
+
     def _check_names(self) -> None:
         for name, value, choices in (("method", self.method, METHODS), ("dataset", self.dataset, DATASETS),
                                      ("model", self.model, MODELS)):
@@ -132,6 +141,8 @@ class TrainConfig:
             (self.method not in CERTIFIED or self.train_eps > 0, f"--method {self.method} needs a positive eps"),
             (0 < self.lam <= 1, "--lambda must be in (0, 1]"),
             (self.method == "abscert" or self.bin_width is None, "--bin-width applies to --method abscert only"),
+            (self.method == "mtl-ibp" or self.mtl_alpha is None, "--mtl-alpha applies to --method mtl-ibp only"),
+            (self.mtl_alpha is None or 0 <= self.mtl_alpha <= 1, "--mtl-alpha must be in [0, 1]"),
             (self.method != "abscert" or self.bin_width > 0, "--method abscert needs a positive --bin-width or eps"),
             (self.method != "abscert" or self.bin_width >= 2 * self.train_eps,
              "--bin-width must be >= 2 * eps (AbsCert's setting: an eps-ball meets at most two bins per pixel)"),

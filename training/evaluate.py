@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from domains.from_torch import network_from_torch
 from training.adversarial import attack, margin_objective
@@ -13,21 +14,25 @@ from training.regions import linf_box
 
 
 def evaluate(model: nn.Module, data: Dataset, eps: float, batch_size: int, pgd_steps: int, pgd_restarts: int,
-             seed: int, device: torch.device | str = "cpu") -> dict[str, float]:
+             seed: int, device: torch.device | str = "cpu", progress: str | None = None) -> dict[str, float]:
     """Fractions of ``data`` that are correct (natural), survive PGD (pgd) and are Box-certified (box).
 
     PGD maximises the margin max_{i != y} z_i - z_y from random starts drawn
     from a generator seeded with ``seed``, so the numbers are reproducible.
+    With ``progress`` (a label), a progress bar over the images is shown on stderr.
     """
     was_training = model.training
     model.eval()
     generator = torch.Generator(device).manual_seed(seed)
     counts = torch.zeros(3, dtype=torch.long)
+    bar = tqdm(total=len(data), desc=progress, unit="img", leave=False, disable=progress is None)
     try:
         for start in range(0, len(data), batch_size):
             x, y = (t[start:start + batch_size].to(device) for t in (data.x, data.y))
             counts += _batch_counts(model, x, y, eps, pgd_steps, pgd_restarts, generator)
+            bar.update(len(y))
     finally:
+        bar.close()
         model.train(was_training)
     natural, pgd, box = (count / len(data) for count in counts.tolist())
     return {"natural": natural, "pgd": pgd, "box": box}

@@ -1,4 +1,4 @@
-"""The training objective of one batch for each method: std, pgd, ibp and sabr.
+"""The training objective of one batch for each method: std, pgd, ibp, sabr and mtl-ibp.
 
 - std: cross-entropy of the clean batch.
 - abscert: the same; its model starts with the abstraction of the input to bin
@@ -8,6 +8,10 @@
   IBP, SABR's small box otherwise), plus Shi et al.'s warm-up regularisers while
   epsilon ramps up. BatchNorm layers use the clean batch's statistics in the
   propagation (record_batch_stats), as in the reference implementation.
+- mtl-ibp (De Palma et al., ICLR 2024, "Expressive Losses for Verified Robustness
+  via Convex Combinations"): the convex combination (1 - alpha) L_adv + alpha L_IBP
+  of pgd's adversarial loss and ibp's Box loss (with its warm-up regularisers);
+  alpha = 0 is adversarial training, alpha = 1 is IBP.
 
 During the natural warm-up every method uses the clean loss. L1 is added by the caller.
 """
@@ -38,14 +42,30 @@ class BatchSetting:
 
 
 def method_loss(method: str, model: nn.Module, x: Tensor, y: Tensor, setting: BatchSetting, lam: float,
-                pgd_steps: int, reg_tol: float) -> dict[str, Tensor]:
+                pgd_steps: int, reg_tol: float, *, mtl_alpha: float) -> dict[str, Tensor]:
     """Loss terms {"ce": ..., "reg": ...} of ``method`` on the batch x (N, C, H, W), y (N,)."""
     if setting.natural or method in ("std", "abscert"):
         return {"ce": F.cross_entropy(model(x), y)}
     if method == "pgd":
-        x_adv = attack(model, x, y, *linf_box(x, setting.eps), pgd_steps, cross_entropy_objective)
-        return {"ce": F.cross_entropy(model(x_adv), y)}
+        return {"ce": adversarial_loss(model, x, y, setting.eps, pgd_steps)}
+    if method == "mtl-ibp":
+        return mtl_ibp_loss(model, x, y, setting, mtl_alpha, pgd_steps, reg_tol)
     return certified_loss(model, x, y, setting, 1.0 if method == "ibp" else lam, pgd_steps, reg_tol)
+
+
+def adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, eps: float, pgd_steps: int) -> Tensor:
+    """Cross-entropy at the PGD point (CE objective, model in eval mode) of B(x, eps)."""
+    x_adv = attack(model, x, y, *linf_box(x, eps), pgd_steps, cross_entropy_objective)
+    return F.cross_entropy(model(x_adv), y)
+
+
+def mtl_ibp_loss(model: nn.Module, x: Tensor, y: Tensor, setting: BatchSetting, alpha: float, pgd_steps: int,
+                 reg_tol: float) -> dict[str, Tensor]:
+    """(1 - alpha) CE at a PGD point + alpha Box CE over the whole ball, plus the warm-up regularisers."""
+    adversarial = adversarial_loss(model, x, y, setting.eps, pgd_steps)
+    terms = certified_loss(model, x, y, setting, 1.0, pgd_steps, reg_tol)
+    terms["ce"] = (1 - alpha) * adversarial + alpha * terms["ce"]
+    return terms
 
 
 def certified_loss(model: nn.Module, x: Tensor, y: Tensor, setting: BatchSetting, lam: float, pgd_steps: int,

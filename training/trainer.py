@@ -1,4 +1,4 @@
-"""The training loop: std, pgd, ibp, sabr and abscert through one loop, with checkpoints, metrics and export.
+"""The training loop: std, pgd, ibp, sabr, mtl-ibp and abscert through one loop, with checkpoints, metrics and export.
 
 A run directory holds:
 
@@ -6,7 +6,8 @@ A run directory holds:
 - ``checkpoint.pt``: written atomically after every epoch, resumed with ``resume=True``;
 - ``metrics.jsonl``: one JSON line per epoch (losses, validation accuracies, eps, lr, times);
 - ``model.onnx``: the final model, normalisation inside, BatchNorm folded;
-- ``summary.json``: natural, PGD and Box-certified accuracy on the test set (or its first ``eval_subset``).
+- ``summary.json``: natural, PGD and Box-certified accuracy on the first ``eval_subset`` test images (default
+  1000; every part of the evaluation, PGD included, runs on these only).
 
 Under ``torchrun --nproc-per-node N`` the same loop runs data parallel
 (training.distributed): each process trains on B / N samples of every global
@@ -88,7 +89,8 @@ class Objective(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor, setting: BatchSetting) -> dict[str, Tensor]:
         config = self.config
-        terms = method_loss(config.method, self.model, x, y, setting, config.lam, config.pgd_steps, config.reg_tol)
+        terms = method_loss(config.method, self.model, x, y, setting, config.lam, config.pgd_steps, config.reg_tol,
+                            mtl_alpha=config.mtl_alpha)
         if config.l1 > 0:
             terms["l1"] = config.l1 * l1_penalty(self.model)
         return terms
@@ -149,7 +151,8 @@ def _epoch(run: Run, train_data: Dataset, val_data: Dataset, schedule: EpsSchedu
     if not distributed.is_main():
         return {}
     val = evaluate(run.model, val_data, config.eps, config.batch_size, config.eval_pgd_steps,
-                   config.eval_pgd_restarts, seed=config.seed + run.epoch, device=run.device)
+                   config.eval_pgd_restarts, seed=config.seed + run.epoch, device=run.device,
+                   progress=_progress_label(config, f"validation {run.epoch}/{config.epochs}"))
     return {"epoch": run.epoch, "eps": eps, "lr": lr, **losses, **{f"val_{k}": v for k, v in val.items()},
             "epoch_time_s": train_time, "eval_time_s": time.perf_counter() - start}
 
@@ -163,8 +166,8 @@ def _train_epoch(run: Run, data: Dataset, schedule: EpsSchedule) -> tuple[dict[s
     distributed.seed_epoch(config.seed, run.epoch, run.generator)
     batches = shuffled_batches(data, config.batch_size, config.seed, run.epoch, run.generator, config.augment,
                                distributed.rank(), distributed.world_size())
-    progress = tqdm(batches, total=steps, desc=f"epoch {run.epoch + 1}/{config.epochs}", leave=False,
-                    disable=not (config.progress and sys.stderr.isatty() and distributed.is_main()))
+    label = _progress_label(config, f"epoch {run.epoch + 1}/{config.epochs}")
+    progress = tqdm(batches, total=steps, desc=label, leave=False, disable=label is None)
     for i, (x, y) in enumerate(progress):
         setting = _batch_setting(config, schedule, run.epoch * steps + i)
         terms = run.objective(x.to(run.device), y.to(run.device), setting)
@@ -179,6 +182,11 @@ def _train_epoch(run: Run, data: Dataset, schedule: EpsSchedule) -> tuple[dict[s
     return {f"train_{k}": v / steps for k, v in totals.items()}, setting.eps
 
 
+def _progress_label(config: TrainConfig, label: str) -> str | None:
+    """``label`` when progress bars are shown (rank 0, on a terminal, not --quiet), else None."""
+    return label if config.progress and sys.stderr.isatty() and distributed.is_main() else None
+
+
 def _batch_setting(config: TrainConfig, schedule: EpsSchedule, step: int) -> BatchSetting:
     """Epsilon of the step; Shi et al.'s regularisers weigh reg_lambda (1 - eps / train_eps) during the ramp."""
     eps = schedule(step)
@@ -190,7 +198,8 @@ def _summary(run: Run, data: Dataset, out: Path) -> dict:
     config = run.config
     start = time.perf_counter()
     accuracy = evaluate(run.model, data, config.eps, config.batch_size, config.eval_pgd_steps,
-                        config.eval_pgd_restarts, seed=config.seed, device=run.device)
+                        config.eval_pgd_restarts, seed=config.seed, device=run.device,
+                        progress=_progress_label(config, f"evaluation on {len(data)} test images"))
     return {"method": config.method, "dataset": config.dataset, "model": config.model, "eps": config.eps,
             "epochs": run.epoch, "n": len(data), **accuracy, "eval_time_s": time.perf_counter() - start,
             "onnx": str(out / ONNX)}

@@ -17,7 +17,8 @@ METRIC_KEYS = {"epoch", "eps", "lr", "train_loss", "train_ce", "train_reg", "tra
                "val_box", "epoch_time_s", "eval_time_s"}
 
 
-@pytest.mark.parametrize("method,model", [("std", "fc"), ("pgd", "cnn3"), ("ibp", "cnn3"), ("sabr", "cnn5")])
+@pytest.mark.parametrize("method,model", [("std", "fc"), ("pgd", "cnn3"), ("ibp", "cnn3"), ("sabr", "cnn5"),
+                                          ("mtl-ibp", "cnn5")])
 def test_each_method_writes_a_complete_run(tmp_path, fast_data, method, model):
     out = tmp_path / method
     assert main(train_args(out, fast_data, method, model)) == 0
@@ -61,6 +62,8 @@ def _error_line(capsys) -> str:
     (("--data-dir", "/nonexistent/data"), "does not exist"),
     (("--lambda", "1.5"), "--lambda must be in (0, 1]"),
     (("--resume",), "--resume: no checkpoint"),
+    (("--mtl-alpha", "0.5"), "--mtl-alpha applies to --method mtl-ibp only"),
+    (("--method", "mtl-ibp", "--mtl-alpha", "1.5"), "--mtl-alpha must be in [0, 1]"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, change, message):
     args = train_args(tmp_path / "run", tmp_path)

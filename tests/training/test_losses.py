@@ -1,5 +1,7 @@
-"""The Box cross-entropy: exact IBP at lambda = 1, an upper bound of the CE of every point of the ball."""
+"""The Box cross-entropy: exact IBP at lambda = 1, an upper bound of the CE of every point of the ball; MTL-IBP's
+convex combination of the adversarial and the IBP loss."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -37,7 +39,8 @@ def test_lambda_one_is_exactly_ibp():
     for method in ("ibp", "sabr"):
         model = _model("cnn5")  # with BatchNorm: batch statistics in the propagation
         model.train()
-        losses.append(method_loss(method, model, x, y, setting, lam=1.0, pgd_steps=4, reg_tol=0.5))
+        losses.append(method_loss(method, model, x, y, setting, lam=1.0, pgd_steps=4, reg_tol=0.5,
+                                  mtl_alpha=0.0))
     assert losses[0].keys() == losses[1].keys() == {"ce", "reg"}
     for key in losses[0]:
         assert torch.equal(losses[0][key], losses[1][key])
@@ -63,11 +66,46 @@ def test_ibp_loss_bounds_the_cross_entropy_of_sampled_points():
             assert (margins.gather(1, y[:, None]) == 0).all()
 
 
-def test_certified_loss_is_differentiable():
+@pytest.mark.parametrize("method", ["sabr", "mtl-ibp"])
+def test_certified_loss_is_differentiable(method):
     model = _model("cnn5").train()
     x, y = _batch()
-    terms = method_loss("sabr", model, x, y, BatchSetting(0.05, False, 0.3), lam=0.4, pgd_steps=2, reg_tol=0.5)
+    terms = method_loss(method, model, x, y, BatchSetting(0.05, False, 0.3), lam=0.4, pgd_steps=2, reg_tol=0.5,
+                        mtl_alpha=0.5)
     sum(terms.values()).backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def _loss(method, alpha, seed=3):
+    """The method's loss terms on a fixed batch of a BatchNorm model; the attack's random start seeded."""
+    model = _model("cnn5").train()
+    x, y = _batch(seed=4)
+    torch.manual_seed(seed)
+    return method_loss(method, model, x, y, BatchSetting(0.05, False, 0.3), lam=0.4, pgd_steps=3, reg_tol=0.5,
+                       mtl_alpha=alpha)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_mtl_ibp_is_the_convex_combination_of_the_pgd_and_ibp_losses(alpha):
+    adversarial, ibp = _loss("pgd", None)["ce"], _loss("ibp", None)
+    mtl = _loss("mtl-ibp", alpha)
+    assert adversarial > 0 and ibp["ce"] > adversarial  # the two ends differ, so alpha's side is checked
+    assert torch.allclose(mtl["ce"], (1 - alpha) * adversarial + alpha * ibp["ce"], rtol=1e-5)
+    assert torch.equal(mtl["reg"], ibp["reg"])  # Shi et al.'s warm-up regularisers as for IBP
+
+
+def test_margin_bounds_of_a_model_without_relu_are_exact():
+    """Nothing stops the back-substitution: the input's coefficients are concretised, giving the exact minimum."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    x, y = _batch()
+    lower, upper = linf_box(x, 0.05)
+    with torch.no_grad():
+        margins = margin_lower_bounds(network_from_torch(model, (1, 28, 28)), lower, upper, y)
+        A = margin_matrix(y, 10) @ model[1].weight  # (N, K, 784)
+        exact = (A @ x.flatten(1)[..., None]).squeeze(-1) + margin_matrix(y, 10) @ model[1].bias
+        exact -= (A.abs() @ ((upper - lower) / 2).flatten(1)[..., None]).squeeze(-1)
+        exact += (A @ ((upper + lower) / 2 - x).flatten(1)[..., None]).squeeze(-1)
+    assert torch.allclose(margins, exact, atol=1e-4)  # skipping the input would leave C b
