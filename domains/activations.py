@@ -49,6 +49,12 @@ class LinearBounds(Relaxation):
         return A_x, const.flatten(2).sum(-1)
 
 
+def _projected(op: Activation, params: Tensor) -> Tensor:
+    """``op.project(params)`` as a value, with the identity as gradient: the defaults sit on the bounds of the
+    sound set (e.g. LeakyReLU's slopes alpha and 1), where a clamp's gradient is zero."""
+    return params + (op.project(params) - params).detach()
+
+
 def _rows(t: Tensor) -> Tensor:
     """(N, *s) -> (N, 1, *s): broadcast over the K rows of a back-substitution."""
     return t.unsqueeze(1)
@@ -84,7 +90,7 @@ class LeakyReLU(Activation):
 
     def relax(self, lower: Tensor, upper: Tensor, params: Tensor | None = None) -> LinearBounds:
         lo, hi = _rows(lower), _rows(upper)
-        slope = self.init_params(lo, hi) if params is None else self.project(params)
+        slope = self.init_params(lo, hi) if params is None else _projected(self, params)
         unstable = (lo < 0) & (hi > 0)
         lower_slope = torch.where(unstable, slope, torch.where(hi <= 0, self.alpha, 1.0).to(lo))
         chord = (hi - self.alpha * lo) / (hi - lo).clamp_min(1e-12)
@@ -132,7 +138,7 @@ class SShaped(Activation):
 
     def relax(self, lower: Tensor, upper: Tensor, params: Tensor | None = None) -> LinearBounds:
         lo, hi = _rows(lower.double()), _rows(upper.double())
-        slopes = _rows(self.init_params(lower, upper)) if params is None else self.project(params)
+        slopes = _rows(self.init_params(lower, upper)) if params is None else _projected(self, params)
         finite = torch.isfinite(lo) & torch.isfinite(hi)
         a_l, a_u = (torch.where(finite, slopes[:, :, j].double(), 0.0) for j in (0, 1))
         b_l, b_u = self.offset(a_l, lo, hi, lowest=True), self.offset(a_u, lo, hi, lowest=False)

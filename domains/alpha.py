@@ -8,6 +8,11 @@ layer's refined neurons), and optimised by projected Adam on the final bound.
 Intermediate bounds are recomputed in every step with their own slopes, and
 the best bounds seen are kept (each step's bounds are valid).
 
+The other activations' relaxation parameters (LeakyReLU's lower slope,
+Sigmoid's and Tanh's line slopes, see :mod:`domains.activations`) are kept in
+``alpha`` too, keyed (start, activation node), shaped (N, K, *p) from the op's
+``init_params`` and projected by its ``project``; every value is sound.
+
 Subclasses add more multipliers of the final bound (beta, gamma) through
 :meth:`final_parameters` and :meth:`project`.
 """
@@ -24,6 +29,7 @@ from torch import Tensor
 
 from domains.box import Bounds
 from domains.deeppoly import DeepPoly
+from domains.network import Activation
 
 
 def tightest(a: dict[int, Bounds], b: dict[int, Bounds]) -> dict[int, Bounds]:
@@ -104,6 +110,16 @@ class AlphaDeepPoly(DeepPoly):
         unstable = ((lo < 0) & (hi > 0)).unsqueeze(1)
         return torch.where(unstable, self.alpha[key], default)
 
+    def activation_params(self, start: int, node: int, A: Tensor) -> Tensor | None:
+        key = (start, node)
+        if key not in self.alpha and self.create_alpha:
+            init = self.net.nodes[node].op.init_params(*self.bounds[self.net.nodes[node].inputs[0]])
+            if init is None:
+                return None
+            rows = init.unsqueeze(1).expand(A.shape[0], A.shape[1], *init.shape[1:])
+            self.alpha[key] = rows.detach().clone().requires_grad_(True)
+        return self.alpha.get(key)
+
     def rows_chunkable(self, node: int) -> bool:
         """Slopes are per row: rows may be chunked only while no slope of ``node``'s bounds exists."""
         return not self.create_alpha and all(start != node for start, _ in self.alpha)
@@ -128,8 +144,9 @@ class AlphaDeepPoly(DeepPoly):
 
     def project(self) -> None:
         """Back into the feasible set after a gradient step."""
-        for a in self.alpha.values():
-            a.clamp_(0.0, 1.0)
+        for (_, node), a in self.alpha.items():
+            op = self.net.nodes[node].op
+            a.copy_(op.project(a)) if isinstance(op, Activation) else a.clamp_(0.0, 1.0)
 
     # -- optimisation -------------------------------------------------------------------------------
 
@@ -172,6 +189,8 @@ class AlphaDeepPoly(DeepPoly):
                 if intermediate:
                     best_bounds = tightest(best_bounds, {i: (lo.detach(), hi.detach())
                                                          for i, (lo, hi) in self.bounds.items()})
+                if not lb.requires_grad:  # no parameters at all (e.g. only MaxPools)
+                    break
                 optimizer.zero_grad()
                 loss = -lb.sum()
                 if intermediate:

@@ -7,8 +7,8 @@ import torch
 
 from domains.alpha import AlphaDeepPoly, stop_by
 from domains.deeppoly import DeepPoly
-from domains.network import Linear, Network, ReLU
-from tests.random_nets import KINDS, random_network, random_region
+from domains.network import Activation, Linear, Network, ReLU
+from tests.random_nets import ACTIVATION_KINDS, KINDS, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
 
 
@@ -121,3 +121,37 @@ def test_intermediate_slopes_reach_the_bounds_of_a_direct_optimisation():
     target = unstable_width(direct[:, :30], -direct[:, 30:])
     assert unstable_width(plain[:, :30], -plain[:, 30:]) > 1.1 * target  # there is something to gain
     assert unstable_width(*full.bounds[3]) <= 1.01 * target
+
+
+@pytest.mark.parametrize("kind", ACTIVATION_KINDS)
+@pytest.mark.parametrize("seed", range(3))
+def test_optimised_activation_parameters_sound_and_at_least_deeppoly(kind, seed):
+    """The slopes of LeakyReLU, Sigmoid and Tanh are optimised with the ReLU slopes; every step stays sound."""
+    _, net = random_network(seed, kind, detach=True)
+    lower, upper, C = random_region(net, seed, n=2, eps=0.15, rows=3)
+    deeppoly = DeepPoly(net, lower, upper).bound(C)
+    alpha = AlphaDeepPoly(net, lower, upper)
+    optimised = alpha.optimize(C, iterations=15)
+    assert (optimised >= deeppoly - 1e-6).all()
+    assert (optimised <= concrete_minimum(net, lower, upper, C, seed=seed) + 1e-5).all()
+    assert_node_bounds_hold(net, alpha.bounds, lower, upper, samples=300, seed=seed)
+    if kind != "maxpool":  # MaxPool's relaxation has no parameters
+        assert any(isinstance(net.nodes[node].op, Activation) for _, node in alpha.alpha)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh", "leakyrelu"])
+def test_activation_parameters_tighten_the_bound(kind):
+    """Optimising the activations' slopes as well beats optimising the ReLU slopes alone somewhere."""
+
+    class ReluSlopesOnly(AlphaDeepPoly):
+        def activation_params(self, start, node, A):
+            return None
+
+    gains = []
+    for seed in range(3):
+        _, net = random_network(seed, kind, detach=True)
+        lower, upper, C = random_region(net, seed, n=2, eps=0.15, rows=3)
+        both = AlphaDeepPoly(net, lower, upper).optimize(C, iterations=15)
+        relu_only = ReluSlopesOnly(net, lower, upper).optimize(C, iterations=15)
+        gains.append(float((both - relu_only).max()))
+    assert max(gains) > 1e-3
