@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from domains.network import Activation, Relaxation
+from domains.network import Activation, Add, ElementwiseAffine, Network, Relaxation, ReLU
 
 ULPS = 8.0  # widening of the S-shaped functions' intercepts and interval images, in units of eps of the dtype
 
@@ -100,6 +100,33 @@ class LeakyReLU(Activation):
 
     def __repr__(self) -> str:
         return f"LeakyReLU({self.alpha})"
+
+
+def relu_form(net: Network) -> Network:
+    """The same function with every LeakyReLU written as ``alpha x + (1 - alpha) relu(x)``.
+
+    Branch-and-bound then splits LeakyReLUs like ReLUs (on the sign), and the
+    multi-neuron constraints and intermediate searches cover them; the
+    back-substituted relaxation is the same as LeakyReLU's own (slopes
+    ``alpha + (1 - alpha) s``, s in [0, 1], below; the chord above).
+    """
+    ops: list = []
+    index = {0: 0}
+
+    def scaled(factor: float, source: int) -> int:
+        constant = torch.tensor(factor, dtype=net.dtype, device=net.device)
+        ops.append((ElementwiseAffine(constant, torch.zeros_like(constant)), (source,)))
+        return len(ops)
+
+    for i, node in enumerate(net.nodes[1:], start=1):
+        inputs = tuple(index[j] for j in node.inputs)
+        if isinstance(node.op, LeakyReLU):
+            ops.append((ReLU(), inputs))
+            ops.append((Add(), (scaled(1.0 - node.op.alpha, len(ops)), scaled(node.op.alpha, inputs[0]))))
+        else:
+            ops.append((node.op, inputs))
+        index[i] = len(ops)
+    return Network(net.input_shape, ops)
 
 
 class SShaped(Activation):
