@@ -146,7 +146,10 @@ class AlphaDeepPoly(DeepPoly):
         """Back into the feasible set after a gradient step."""
         for (_, node), a in self.alpha.items():
             op = self.net.nodes[node].op
-            a.copy_(op.project(a)) if isinstance(op, Activation) else a.clamp_(0.0, 1.0)
+            if isinstance(op, Activation):
+                a.copy_(op.project(a))
+            else:
+                a.clamp_(0.0, 1.0)
 
     # -- optimisation -------------------------------------------------------------------------------
 
