@@ -110,6 +110,8 @@ def relu_form(net: Network) -> Network:
     back-substituted relaxation is the same as LeakyReLU's own (slopes
     ``alpha + (1 - alpha) s``, s in [0, 1], below; the chord above).
     """
+    if not any(isinstance(node.op, LeakyReLU) for node in net.nodes):
+        return net
     ops: list = []
     index = {0: 0}
 
