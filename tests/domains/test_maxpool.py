@@ -76,3 +76,25 @@ def test_lower_line_picks_the_largest_lower_bound():
     assert A_x.flatten().tolist() == [0.0, 1.0, 0.0, 0.0] and const.item() == 0.0
     A_x, const = relaxation.backward(-torch.ones(1, 1, 1, 1, 1))  # not exact: y <= max u = 3
     assert A_x.abs().sum().item() == 0.0 and const.item() == -3.0
+
+
+@pytest.mark.parametrize("name", POOLS)
+def test_every_lower_line_weighting_is_sound(name):
+    """Random logits of the lower line's convex combination (padding entries included) give a sound relaxation;
+    the default logits nearly reproduce the hard choice."""
+    pool = bound(POOLS[name])
+    g = torch.Generator().manual_seed(4)
+    lo, hi = boxes((2, 5, 6), g)
+    x = samples(lo, hi, g)
+    y = pool.forward(x.flatten(0, 1)).reshape(*x.shape[:2], *pool.out_shape)
+    A = torch.randn(2, 5, *pool.out_shape, generator=g, dtype=torch.float64)
+    init = pool.init_params(lo, hi)
+    params = torch.randn(2, 5, *init.shape[1:], generator=g, dtype=torch.float64) * 3
+    exact = torch.einsum("nkchw,pnchw->pnk", A, y)
+    for p in (params, init.unsqueeze(1).expand_as(params)):
+        A_x, const = pool.relax(lo, hi, p).backward(A)
+        assert (torch.einsum("nkchw,pnchw->pnk", A_x, x) + const <= exact + 1e-9).all()
+    hard = pool.relax(lo, hi).backward(A)
+    soft = pool.relax(lo, hi, init.unsqueeze(1).expand_as(params)).backward(A)
+    gap = (torch.einsum("nkchw,pnchw->pnk", hard[0] - soft[0], x) + hard[1] - soft[1]).abs().max()
+    assert gap < 0.05 * exact.abs().max()
