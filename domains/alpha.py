@@ -17,6 +17,11 @@ nodes that fit, cheapest first; the others are ``frozen``: their bounds stay
 those of the pass before (valid), computed without gradients in row chunks.
 If not even the final bound's slopes fit, the stage is skipped.
 
+The other activations' relaxation parameters (LeakyReLU's lower slope,
+Sigmoid's and Tanh's line slopes, see :mod:`domains.activations`) are kept in
+``alpha`` too, keyed (start, activation node), shaped (N, K, *p) from the op's
+``init_params`` and projected by its ``project``; every value is sound.
+
 Subclasses add more multipliers of the final bound (beta, gamma) through
 :meth:`final_parameters` and :meth:`project`.
 """
@@ -33,6 +38,7 @@ from torch import Tensor
 
 from domains.box import Bounds
 from domains.deeppoly import DeepPoly
+from domains.network import Activation
 
 
 def tightest(a: dict[int, Bounds], b: dict[int, Bounds]) -> dict[int, Bounds]:
@@ -128,6 +134,16 @@ class AlphaDeepPoly(DeepPoly):
         unstable = ((lo < 0) & (hi > 0)).unsqueeze(1)
         return torch.where(unstable, self.alpha[key], default)
 
+    def activation_params(self, start: int, node: int, A: Tensor) -> Tensor | None:
+        key = (start, node)
+        if key not in self.alpha and self.create_alpha:
+            init = self.net.nodes[node].op.init_params(*self.bounds[self.net.nodes[node].inputs[0]])
+            if init is None:
+                return None
+            rows = init.unsqueeze(1).expand(A.shape[0], A.shape[1], *init.shape[1:])
+            self.alpha[key] = rows.detach().clone().requires_grad_(True)
+        return self.alpha.get(key)
+
     def rows_chunkable(self, node: int) -> bool:
         """Slopes are per row: rows may be chunked only while no slope of ``node``'s bounds exists."""
         return (node in self.frozen or not self.create_alpha) and all(start != node for start, _ in self.alpha)
@@ -196,8 +212,12 @@ class AlphaDeepPoly(DeepPoly):
 
     def project(self) -> None:
         """Back into the feasible set after a gradient step."""
-        for a in self.alpha.values():
-            a.clamp_(0.0, 1.0)
+        for (_, node), a in self.alpha.items():
+            op = self.net.nodes[node].op
+            if isinstance(op, Activation):
+                a.copy_(op.project(a))
+            else:
+                a.clamp_(0.0, 1.0)
 
     # -- optimisation -------------------------------------------------------------------------------
 
@@ -242,6 +262,8 @@ class AlphaDeepPoly(DeepPoly):
                 if intermediate:
                     best_bounds = tightest(best_bounds, {i: (lo.detach(), hi.detach())
                                                          for i, (lo, hi) in self.bounds.items()})
+                if not lb.requires_grad:  # no parameters at all (e.g. only MaxPools)
+                    break
                 optimizer.zero_grad()
                 loss = -lb.sum()
                 if intermediate:

@@ -44,7 +44,7 @@ from domains import decide
 from domains.alpha import AlphaDeepPoly, NeuronSlopes, StopBy
 from domains.backsub import argmin_on_box, concretize
 from domains.box import Bounds
-from domains.milp import CERTIFY_TOL, SplitLP
+from domains.milp import CERTIFY_TOL, SplitLP, unsupported_op
 from domains.pgd import pgd_maximize
 from domains.pool import Batch, Pool
 
@@ -187,6 +187,8 @@ class Subproblems(Batch):
 
     def branchable(self) -> Tensor:
         """Whether an unstable, unsplit neuron is left (N,); the others are solved exactly."""
+        if not self.score:  # a network without ReLUs
+            return torch.zeros(len(self.lower), dtype=torch.bool, device=self.lower.device)
         return torch.cat(list(self.score.values()), 1).amax(1) >= 0
 
 
@@ -284,7 +286,7 @@ class BranchAndBound:
         refined from there on only (one back-substitution per group).
         """
         bounds = dict(sub.bounds)
-        last = max(self.pre.values())
+        last = max(self.pre.values(), default=-1)
         for start in refine_from.unique().tolist():
             if start > last:
                 continue
@@ -522,7 +524,7 @@ class BranchAndBound:
         would split them on): on mnist_fc 256x4 prop_10_0.05 every sampled one
         was, and the LP says so in 0.06-0.45 s.
         """
-        if (self.config.lp_checks <= 0
+        if (self.config.lp_checks <= 0 or unsupported_op(self.net) is not None
                 or sum(math.prod(self.net.shapes[r]) for r in self.relus) > self.config.lp_max_neurons):
             return margin
         flat = torch.nonzero(feasible & ~decide.proved(margin) & (margin <= inherited)).flatten()
@@ -557,10 +559,16 @@ class BranchAndBound:
     def solve_leaves(self, leaves: Subproblems) -> BaBResult | None:
         """Fully split subproblems are LPs (no unstable ReLU left): solve them exactly.
 
+        Their remaining LeakyReLUs and MaxPools are encoded exactly too; with a
+        Sigmoid or Tanh there is no exact solver, and the search ends unknown.
         Returns a final result (counterexample, timeout or undecidable) or None
         if every leaf is certified.
         """
         from domains.milp import milp_verify
+
+        if unsupported_op(self.net) is not None:
+            self.stats["stopped"] = "leaf without an exact solver"
+            return BaBResult("unknown", stats=self.stats)
 
         clause = torch.zeros(self.C.shape[1], dtype=torch.long)
         for i in range(len(leaves)):

@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from domains.network import Input, Monotone, Network, ReLU
+from domains.network import Activation, Input, Monotone, Network, ReLU
 
-# relu_backward(start, node, A) -> (A at the ReLU input, constant (N, K))
+# relu_backward(start, node, A) -> (A at the ReLU input, constant (N, K)); activation_backward likewise for
+# the other activations (domains.network.Activation)
 ReluBackward = Callable[[int, int, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -36,13 +37,14 @@ def argmin_on_box(A: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
 
 
 def backsubstitute(net: Network, start: int, A: Tensor, bounds: dict[int, tuple[Tensor, Tensor]],
-                   relu_backward: ReluBackward | None = None) -> tuple[Tensor, Tensor]:
+                   relu_backward: ReluBackward | None = None,
+                   activation_backward: ReluBackward | None = None) -> tuple[Tensor, Tensor]:
     """Lower bound of ``A . x_start`` in terms of the input.
 
     Returns ``(A_in, const)``: the coefficients on the input (N, K, *input_shape)
     (zeros if nothing reached the input) and the constant (N, K), such that
     ``A . x_start >= A_in . x + const`` for every input x in the region. Nodes
-    stopped at (ReLUs without relaxation, monotone ops) are concretized into ``const`` using
+    stopped at (ReLUs and activations without relaxation, monotone ops) are concretized into ``const`` using
     ``bounds[node]``, so ``bounds`` needs the output bounds of those nodes.
     """
     pending = {start: A}
@@ -55,11 +57,12 @@ def backsubstitute(net: Network, start: int, A: Tensor, bounds: dict[int, tuple[
         if isinstance(node.op, Monotone):
             const = const + concretize(A_i, *bounds[i])
             continue
-        if isinstance(node.op, ReLU):
-            if relu_backward is None:
+        if isinstance(node.op, ReLU | Activation):
+            relax = relu_backward if isinstance(node.op, ReLU) else activation_backward
+            if relax is None:
                 const = const + concretize(A_i, *bounds[i])
                 continue
-            A_prev, c = relu_backward(start, i, A_i)
+            A_prev, c = relax(start, i, A_i)
             coefficients = [A_prev]
         else:
             coefficients, c = node.op.backward(A_i)

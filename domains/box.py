@@ -2,7 +2,8 @@
 
 Affine ops propagate centre and radius, ``W c + b`` and ``|W| r``, which is exact
 for a single affine op; ReLU and the other monotone ops are applied to both
-ends. This is also the domain used by certified training (IBP / SABR), so
+ends; the other activations (:class:`~domains.network.Activation`) bring
+their own interval image. This is also the domain used by certified training (IBP / SABR), so
 everything stays differentiable.
 """
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 from domains.backsub import backsubstitute, concretize
-from domains.network import Monotone, Network, ReLU
+from domains.network import Activation, Monotone, Network, ReLU
 
 Bounds = tuple[Tensor, Tensor]
 
@@ -30,7 +31,7 @@ def op_bounds(op, *bounds: Bounds) -> Bounds:
     if isinstance(op, ReLU):
         lo, hi = bounds[0]
         return torch.relu(lo), torch.relu(hi)
-    if isinstance(op, Monotone):
+    if isinstance(op, Monotone | Activation):
         return op.bounds(*bounds[0])
     return affine_bounds(op, *bounds)
 

@@ -16,8 +16,12 @@ processed in chunks that bound its memory. Past ``deadline`` the remaining
 chunks are not back-substituted: their neurons keep their interval bounds
 (valid, looser), so a wide network's bounds end by the deadline.
 
-Subclasses (alpha, beta, multi-neuron constraints) override ``lower_slope`` or
-``relu_backward``; everything else is shared.
+The other activations (:class:`~domains.network.Activation`: LeakyReLU,
+Sigmoid, Tanh, MaxPool) bring their own relaxation (``op.relax``); their
+inputs are refined like a ReLU's where the relaxation is not exact.
+
+Subclasses (alpha, beta, multi-neuron constraints) override ``lower_slope``,
+``relu_backward`` or ``activation_params``; everything else is shared.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from torch import Tensor
 from domains.backsub import argmin_on_box, backsubstitute, concretize
 from domains.box import Bounds, affine_bounds, op_bounds
 from domains.box import bound_linear as box_bound_linear
-from domains.network import Monotone, Network, ReLU
+from domains.network import Activation, Monotone, Network, ReLU
 
 
 def triangle_upper(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,22 +58,24 @@ def exact_by_intervals(net: Network) -> set[int]:
 
     A box stays a box under coordinate-wise ops, and one mixing affine op
     (Linear, Conv, AvgPool) of a box has exact interval bounds; a second
-    mixing op, an Add of branches or a ReLU on the way loses exactness.
+    mixing op, an Add of branches or an activation on the way loses exactness.
     """
     mixing = {0: 0}
     for i, node in enumerate(net.nodes[1:], start=1):
-        own = 0 if node.op.coordinatewise else 2 if isinstance(node.op, ReLU) or node.op.n_inputs > 1 else 1
+        nonlinear = isinstance(node.op, ReLU | Activation)
+        own = 2 if nonlinear else 0 if node.op.coordinatewise else 2 if node.op.n_inputs > 1 else 1
         mixing[i] = max(mixing[j] for j in node.inputs) + own
     return {i for i, m in mixing.items() if m <= 1}
 
 
-def unstable_indices(lower: Tensor, upper: Tensor) -> Tensor:
+def unstable_indices(lower: Tensor, upper: Tensor, unstable: Tensor | None = None) -> Tensor:
     """Flat indices of unstable neurons, padded per row: (N, *s) -> (N, K), K = max count.
 
+    ``unstable`` (N, *s) says which neurons are (default: ``lower < 0 < upper``).
     Rows with fewer unstable neurons repeat their first index (or 0); bounding
     a neuron twice, or a stable one, is harmless since results are intersected.
     """
-    unstable = ((lower < 0) & (upper > 0)).flatten(1)
+    unstable = ((lower < 0) & (upper > 0) if unstable is None else unstable).flatten(1)
     k = int(unstable.sum(1).max().item()) if unstable.numel() else 0
     # stable sort puts unstable neurons (key 0) first, keeping their order
     order = torch.sort((~unstable).to(torch.uint8), dim=1, stable=True).indices[:, :k]
@@ -91,7 +97,8 @@ class DeepPoly:
         self.upper_lines: dict[int, tuple[Tensor, Tensor]] = {}
         self.refine_idx: dict[int, Tensor] = {}  # neurons bounded by back-substitution, fixed once chosen
         self.refined: dict[int, Bounds] = {}  # their back-substituted bounds before any intersection (N, K)
-        self.pre_activations = {net.nodes[r].inputs[0] for r in net.relu_nodes} - exact_by_intervals(net)
+        self.pre_activations = {net.nodes[i].inputs[0] for i, node in enumerate(net.nodes)
+                                if isinstance(node.op, ReLU | Activation)} - exact_by_intervals(net)
         self.chunk_elements = 1 << 20  # memory budget of one back-substitution (coefficient entries)
         self.window: Tensor | None = None  # in refine(): the neurons (N, c) whose bounds are being computed
         self.deadline = math.inf  # time.monotonic() after which no more rows are back-substituted
@@ -114,11 +121,28 @@ class DeepPoly:
         A_x = pos * self.lower_slope(start, relu, A) + neg * slope_up.unsqueeze(1)
         return A_x, (neg * intercept_up.unsqueeze(1)).flatten(2).sum(-1)
 
+    def activation_params(self, start: int, node: int, A: Tensor) -> Tensor | None:
+        """Parameters of activation ``node``'s relaxation in the back-substitution of A from ``start``
+        (None: its default relaxation)."""
+        return None
+
+    def activation_backward(self, start: int, node: int, A: Tensor) -> tuple[Tensor, Tensor]:
+        """Lower bound of ``A . y`` by the relaxation of an :class:`Activation`: (A on its input, const (N, K))."""
+        op = self.net.nodes[node].op
+        relaxation = op.relax(*self.bounds[self.net.nodes[node].inputs[0]], self.activation_params(start, node, A))
+        return relaxation.backward(A)
+
+    def loose(self, node: int, lo: Tensor, hi: Tensor) -> Tensor:
+        """Neurons of ``node`` (N, *s) whose bounds some consumer's relaxation is not exact for."""
+        masks = [(lo < 0) & (hi > 0) if isinstance(self.net.nodes[c].op, ReLU) else self.net.nodes[c].op.loose(lo, hi)
+                 for c in self.net.consumers[node] if isinstance(self.net.nodes[c].op, ReLU | Activation)]
+        return torch.stack(masks).any(0)
+
     # -- bounds -------------------------------------------------------------------------------------
 
     def backsubstitute(self, start: int, A: Tensor) -> tuple[Tensor, Tensor]:
         """Input coefficients and constant (A_in, c) with ``A . x_start >= A_in . x + c``."""
-        return backsubstitute(self.net, start, A, self.bounds, self.relu_backward)
+        return backsubstitute(self.net, start, A, self.bounds, self.relu_backward, self.activation_backward)
 
     def linear_lower(self, start: int, A: Tensor) -> Tensor:
         """Lower bound of ``A . x_start`` over the input box: (N, K, *s) -> (N, K)."""
@@ -128,7 +152,7 @@ class DeepPoly:
     def refine(self, node: int, lo: Tensor, hi: Tensor) -> Bounds:
         """Tighter bounds for the unstable neurons of ``node`` (N, *s) by back-substitution."""
         if node not in self.refine_idx:
-            self.refine_idx[node] = unstable_indices(lo, hi)
+            self.refine_idx[node] = unstable_indices(lo, hi, self.loose(node, lo, hi))
         n, k = lo.shape[0], self.refine_idx[node].shape[1]
         idx = self.refine_idx[node].expand(n, k)  # (N, K)
         if k == 0:
@@ -174,6 +198,9 @@ class DeepPoly:
                 lo, hi = self.bounds[node.inputs[0]]
                 self.upper_lines[i] = triangle_upper(lo, hi)
                 self.bounds[i] = (torch.relu(lo), torch.relu(hi))
+                continue
+            if isinstance(node.op, Activation):  # relaxed when back-substituted, see activation_backward
+                self.bounds[i] = node.op.bounds(*self.bounds[node.inputs[0]])
                 continue
             if isinstance(node.op, Monotone):  # interval bounds only: back-substitution stops here
                 self.bounds[i] = op_bounds(node.op, self.bounds[node.inputs[0]])

@@ -1,7 +1,8 @@
 """Conversion of torch modules to the network IR.
 
 Supported: ``nn.Sequential`` (nested) of Linear, Conv2d (groups=1), AvgPool2d,
-BatchNorm1d/2d, ReLU, Flatten, Identity, the :class:`Normalize` layer below,
+BatchNorm1d/2d, ReLU, LeakyReLU (0 <= negative_slope <= 1), Sigmoid, Tanh,
+MaxPool2d (no ceil_mode, no indices), Flatten, Identity, the :class:`Normalize` layer below,
 :class:`Residual` blocks (``main(x) + shortcut(x)``) and any module with a
 method ``to_ir(emit, node) -> node`` that emits its own IR ops (``emit(op,
 input_nodes) -> node``), e.g. an input abstraction made of several ops.
@@ -19,6 +20,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from domains.activations import LeakyReLU, Sigmoid, Tanh
+from domains.maxpool import MaxPool2d
 from domains.network import Add as AddOp
 from domains.network import AvgPool2d, Conv2d, ElementwiseAffine, Linear, Network, Op, ReLU, Reshape
 
@@ -129,6 +132,21 @@ def _leaf_op(module: nn.Module, batch_stats) -> Op:
         return Conv2d(module.weight, bias, tuple(module.stride), tuple(module.padding), tuple(module.dilation))
     if isinstance(module, nn.ReLU):
         return ReLU()
+    if isinstance(module, nn.LeakyReLU):
+        if not 0.0 <= module.negative_slope <= 1.0:
+            raise UnsupportedModule(f"unsupported LeakyReLU slope {module.negative_slope} (only 0 <= slope <= 1)")
+        return LeakyReLU(float(module.negative_slope))
+    if isinstance(module, nn.Sigmoid):
+        return Sigmoid()
+    if isinstance(module, nn.Tanh):
+        return Tanh()
+    if isinstance(module, nn.MaxPool2d):
+        if module.ceil_mode or module.return_indices:
+            raise UnsupportedModule(f"unsupported MaxPool2d configuration: {module}")
+        pair = nn.modules.utils._pair
+        stride = module.stride if module.stride is not None else module.kernel_size
+        ph, pw = pair(module.padding)
+        return MaxPool2d(pair(module.kernel_size), pair(stride), (pw, pw, ph, ph), pair(module.dilation))
     if isinstance(module, nn.Flatten):
         if module.start_dim != 1 or module.end_dim != -1:
             raise UnsupportedModule("only Flatten(start_dim=1) is supported")

@@ -15,7 +15,15 @@ encoded exactly by the big-M constraints
 
     y >= z,  y >= 0,  y <= z - l (1 - a),  y <= u a,  a in {0, 1};
 
-stable neurons are ``y = z`` or ``y = 0``. A Floor ``k = floor(z)`` (input
+stable neurons are ``y = z`` or ``y = 0``. A LeakyReLU is ``alpha z + (1 - alpha)
+relu(z)``, exact. A MaxPool output ``y = max_j z_j`` over the window inputs that
+can be the largest (``u_j >= max_i l_i``) is exact with one binary per input:
+
+    y >= z_j,  y <= z_j + (U - l_j) (1 - a_j),  sum_j a_j = 1,  U = max_i u_i;
+
+a window with a single such input is ``y = z_j``. Sigmoid and Tanh have no
+exact encoding: :func:`unsupported_op` names them and the encoding refuses them
+(:class:`NotEncodable`). A Floor ``k = floor(z)`` (input
 abstractions) is an integer k with ``z - 1 - tol <= k <= z + tol``: exact up to
 its rounding tolerance (a relaxation, so still sound); a Clip is
 ``low + relu(z - low)`` then ``high - relu(high - .)``, exact. A clause (rows J of ``C y <= d``) is
@@ -62,8 +70,10 @@ import torch
 from scipy import sparse
 from torch import Tensor
 
+from domains.activations import LeakyReLU
 from domains.deeppoly import DeepPoly
-from domains.network import Clip, Floor, Network, ReLU
+from domains.maxpool import MaxPool2d
+from domains.network import Activation, Clip, Floor, Network, ReLU
 
 BOUND_SLACK = 1e-6   # relative + absolute widening of the intermediate bounds
 CERTIFY_TOL = 1e-6   # a clause is safe only if its proven minimum margin exceeds this
@@ -76,6 +86,18 @@ _GUROBI_LICENCE_ERRORS = (10009, 10010)  # no licence / size-limited licence: fa
 
 class BackendUnavailable(ImportError):
     """The requested MILP backend cannot be imported."""
+
+
+class NotEncodable(ValueError):
+    """The network has an op without an exact MILP encoding (Sigmoid, Tanh)."""
+
+
+def unsupported_op(net: Network) -> str | None:
+    """The first op the encoding cannot represent exactly, as 'Op at node i', or None."""
+    for i, node in enumerate(net.nodes):
+        if isinstance(node.op, Activation) and not isinstance(node.op, LeakyReLU | MaxPool2d):
+            return f"{node.op!r} at node {i}"
+    return None
 
 
 @dataclass
@@ -264,6 +286,43 @@ def _encode_clip(builder: _Builder, pre: tuple[sparse.csr_matrix, np.ndarray], l
     return E, e
 
 
+def _encode_leaky_relu(builder: _Builder, pre: tuple[sparse.csr_matrix, np.ndarray], lo: np.ndarray,
+                       hi: np.ndarray, alpha: float) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """y = alpha z + (1 - alpha) relu(z); returns y = E v + e."""
+    relu, z, _ = _encode_relu(builder, pre, lo, hi)
+    return sparse.csr_matrix(alpha * builder.select(z) + (1 - alpha) * builder.widen(relu)), np.zeros(len(z))
+
+
+def _encode_maxpool(builder: _Builder, pre: tuple[sparse.csr_matrix, np.ndarray], lo: np.ndarray, hi: np.ndarray,
+                    op: MaxPool2d) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """y = max of each window of z = pre (see the module docstring); returns y = E v + e."""
+    E, e = pre
+    channels, h, w = op.in_shapes[0]
+    positions = op.positions(torch.zeros(0)).numpy()  # (kk, L)
+    offsets = (np.arange(channels) * h * w)[:, None, None]
+    window = np.where(positions >= 0, positions + offsets, -1).transpose(0, 2, 1).reshape(-1, positions.shape[0])
+    lw, uw = (np.where(window >= 0, b[window], -np.inf) for b in (lo, hi))  # (n_out, kk)
+    floor, ceiling = lw.max(1), uw.max(1)
+    candidate = (window >= 0) & (uw >= floor[:, None])
+    multi = np.flatnonzero(candidate.sum(1) > 1)
+    single = np.flatnonzero(candidate.sum(1) == 1)
+    y = builder.add_vars(floor[multi], ceiling[multi])
+    o, j = np.nonzero(candidate[multi])  # o: row of multi, j: window entry
+    z_in, big = window[multi][o, j], ceiling[multi][o] - lw[multi][o, j]
+    a = builder.add_vars(np.zeros(len(o)), np.ones(len(o)), integer=True)
+    Z, Y = builder.widen(E)[z_in], builder.select(y[o])
+    A = sparse.csr_matrix((big, (np.arange(len(o)), a)), shape=(len(o), builder.n_vars))
+    builder.add_rows(Z - Y, -e[z_in], False)                          # z_j <= y
+    builder.add_rows(Y - Z + A, big + e[z_in], False)                 # y <= z_j + (U - l_j)(1 - a_j)
+    builder.add_rows(sparse.csr_matrix((np.ones(len(o)), (o, a)), shape=(len(multi), builder.n_vars)),
+                     np.ones(len(multi)), True)                       # one a_j per window
+    rows = np.full(len(window), -1)
+    rows[multi] = y
+    chosen = window[single][candidate[single]]
+    pick = sparse.csr_matrix((np.ones(len(single)), (single, chosen)), shape=(len(window), len(e)))
+    return sparse.csr_matrix(pick @ builder.widen(E) + builder.select(rows)), pick @ e
+
+
 @dataclass
 class _Encoding:
     """The network's constraints (``base``, objective t = the last variable) and its output ``y = E v + e``."""
@@ -290,6 +349,9 @@ def _encode(net: Network, lower: Tensor, upper: Tensor, known: dict | None = Non
     ``known`` optionally adds valid pre-activation bounds (node -> (lo, hi), each (1, *s)),
     e.g. those of a branch-and-bound subproblem; they are intersected with DeepPoly's.
     """
+    if unsupported_op(net) is not None:
+        raise NotEncodable(f"no exact MILP encoding of {unsupported_op(net)} (Sigmoid and Tanh are not piecewise "
+                           "linear); use box, deeppoly or mnbab")
     lo_in, hi_in = (b.reshape(1, *net.input_shape).double().cpu() for b in (lower, upper))
     dp = DeepPoly(net, lo_in, hi_in)
     known = {i: (lo.double().cpu(), hi.double().cpu()) for i, (lo, hi) in (known or {}).items()}
@@ -312,6 +374,14 @@ def _encode(net: Network, lower: Tensor, upper: Tensor, known: dict | None = Non
         if isinstance(node.op, Clip):
             pre = node.inputs[0]
             exprs[i] = _encode_clip(builder, exprs[pre], *_widened(dp.bounds[pre]), node.op.low, node.op.high)
+            continue
+        if isinstance(node.op, LeakyReLU):
+            pre = node.inputs[0]
+            exprs[i] = _encode_leaky_relu(builder, exprs[pre], *_widened(dp.bounds[pre]), node.op.alpha)
+            continue
+        if isinstance(node.op, MaxPool2d):
+            pre = node.inputs[0]
+            exprs[i] = _encode_maxpool(builder, exprs[pre], *_widened(dp.bounds[pre]), node.op)
             continue
         Ws, b = _affine_matrices(node.op)
         E = sum(W @ builder.widen(exprs[j][0]) for W, j in zip(Ws, node.inputs))

@@ -11,6 +11,12 @@ dimensions, the input box (:mod:`domains.input_bab`); ``split='auto'`` picks
 input splitting up to ``INPUT_SPLIT_MAX_DIMS`` input dimensions. Input
 splitting skips the multi-neuron stage: its constraints hold for the root box
 only and the sub-boxes are bounded by DeepPoly afresh.
+
+LeakyReLUs are rewritten as ``alpha x + (1 - alpha) relu(x)`` first, so every
+stage treats them as ReLUs. MaxPool, Sigmoid and Tanh keep their own
+relaxations in every bound and are not split; a subproblem whose ReLUs are
+all split is solved by the exact MILP, which MaxPool allows and Sigmoid and
+Tanh do not (the search then ends unknown).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from torch import Tensor
 
 from domains import decide
+from domains.activations import relu_form
 from domains.alpha import StopBy
 from domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
 from domains.deeppoly import DeepPoly
@@ -219,6 +226,7 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
     after the searches in 57 s).
     """
     config = config or MNBaBConfig()
+    net = relu_form(net)  # LeakyReLUs become ReLUs that every stage below handles
     stats: dict = {}
     input_split = config.bab and splits_input(config, lower.numel())
     start = time.monotonic()

@@ -296,6 +296,42 @@ class Concat(Op):
         return f"Concat(axis={self.axis})"
 
 
+class Relaxation:
+    """Linear bounds of an activation's output by its input, for input bounds fixed when it was made."""
+
+    def backward(self, A: Tensor) -> tuple[Tensor, Tensor]:
+        """Lower bound of ``A . y`` as ``A_x . x + const``: A (N, K, *out) -> (A_x (N, K, *in), const (N, K))."""
+        raise NotImplementedError
+
+
+class Activation(Op):
+    """A non-affine op other than ReLU (Sigmoid, Tanh, LeakyReLU, MaxPool): domains dispatch on these methods.
+
+    - ``bounds(lower, upper)``: interval image of input bounds (N, *in) -> (N, *out).
+    - ``relax(lower, upper, params)``: a :class:`Relaxation`, sound on the input box for every
+      ``params`` (None: the default choice; else (N, K, *in), one per row of the bound being computed).
+    - ``loose(lower, upper)``: (N, *in) bool, the inputs whose bounds the relaxation is not exact for
+      (tighter bounds of them tighten it).
+    - ``init_params(lower, upper)`` / ``project(params)``: optimisable parameters (N, *in) of the
+      relaxation (``None`` when it has none) and their projection onto the set it is sound for.
+    """
+
+    def bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def relax(self, lower: Tensor, upper: Tensor, params: Tensor | None = None) -> Relaxation:
+        raise NotImplementedError
+
+    def loose(self, lower: Tensor, upper: Tensor) -> Tensor:
+        return upper > lower
+
+    def init_params(self, lower: Tensor, upper: Tensor) -> Tensor | None:
+        return None
+
+    def project(self, params: Tensor) -> Tensor:
+        return params
+
+
 class Monotone(Op):
     """A non-decreasing coordinate-wise op that is not affine: domains bound it by intervals only."""
 

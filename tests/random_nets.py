@@ -47,12 +47,36 @@ def residual_model(seed: int, n_in: int = 4, width: int = 6, n_out: int = 3) -> 
     return model.eval()
 
 
-def _randomize(model: nn.Module, g: torch.Generator) -> None:
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "leakyrelu": lambda: nn.LeakyReLU(0.1)}
+
+
+def activation_model(seed: int, activation: str, n_in: int = 4, widths=(8, 8), n_out: int = 3) -> nn.Sequential:
+    """An MLP with ``activation`` ('sigmoid', 'tanh', 'leakyrelu') after one hidden layer and a ReLU after the
+    other, weights scaled up so that the activations see their curved (or both linear) parts."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(n_in, widths[0]), ACTIVATIONS[activation](), nn.Linear(widths[0], widths[1]),
+                          nn.ReLU(), nn.Linear(widths[1], widths[1]), ACTIVATIONS[activation](),
+                          nn.Linear(widths[1], n_out))
+    _randomize(model, g, gain=3.0)
+    return model.eval()
+
+
+def maxpool_model(seed: int, channels: int = 1, size: int = 6, n_out: int = 3) -> nn.Sequential:
+    """Conv -> ReLU -> MaxPool (padding) -> Conv -> LeakyReLU -> MaxPool (stride 1, dilation 2) -> Linear."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(channels, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, padding=1),
+                          nn.Conv2d(3, 3, 2), nn.LeakyReLU(0.2), nn.MaxPool2d(2, stride=1, dilation=2),
+                          nn.Flatten(), nn.Linear(3 * (size // 2 - 2) ** 2, 6), nn.ReLU(), nn.Linear(6, n_out))
+    _randomize(model, g)
+    return model.eval()
+
+
+def _randomize(model: nn.Module, g: torch.Generator, gain: float = 1.0) -> None:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * gain * (2.0 / fan_in) ** 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
@@ -62,7 +86,7 @@ def _randomize(model: nn.Module, g: torch.Generator) -> None:
 
 
 def random_network(seed: int, kind: str, detach: bool = False) -> tuple[nn.Module, Network]:
-    """A (torch model, IR) pair of the given kind: 'fc', 'conv' or 'residual'.
+    """A (torch model, IR) pair of the given kind: 'fc', 'conv', 'residual', or one of ACTIVATION_KINDS.
 
     With ``detach`` the IR's tensors are cut off the model's autograd graph, as for verification.
     """
@@ -72,6 +96,10 @@ def random_network(seed: int, kind: str, detach: bool = False) -> tuple[nn.Modul
         model, shape = conv_model(seed), (1, 6, 6)
     elif kind == "residual":
         model, shape = residual_model(seed), (4,)
+    elif kind in ACTIVATIONS:
+        model, shape = activation_model(seed, kind), (4,)
+    elif kind == "maxpool":
+        model, shape = maxpool_model(seed), (1, 6, 6)
     else:
         raise ValueError(kind)
     net = network_from_torch(model, shape)
@@ -79,6 +107,7 @@ def random_network(seed: int, kind: str, detach: bool = False) -> tuple[nn.Modul
 
 
 KINDS = ["fc", "conv", "residual"]
+ACTIVATION_KINDS = [*ACTIVATIONS, "maxpool"]
 
 
 def random_region(net: Network, seed: int, n: int = 3, eps: float = 0.08, rows: int = 4):

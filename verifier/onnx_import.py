@@ -24,10 +24,10 @@ Conventions:
 Supported: Add, AveragePool, BatchNormalization, Cast (to float), Clip (constant
 bounds), Concat (of
 variables, not along the batch axis), Constant, Conv (2-D, group=1), Div,
-Dropout, Flatten, Floor, Gemm, GlobalAveragePool, Identity, MatMul, Mul, Neg,
-Pad (constant zeros, last two dims), Relu, Reshape, Shape, Squeeze, Sub,
-Transpose, Unsqueeze, plus any op on constants only. Floor and Clip (e.g. the
-input abstraction of AbsCert-trained models) are bounded by intervals in every
+Dropout, Flatten, Floor, Gemm, GlobalAveragePool, Identity, LeakyRelu (0 <= alpha <= 1),
+MatMul, MaxPool (2-D), Mul, Neg, Pad (constant zeros, last two dims), Relu, Reshape, Shape,
+Sigmoid, Squeeze, Sub, Tanh, Transpose, Unsqueeze, plus any op on constants only. Floor and
+Clip (e.g. the input abstraction of AbsCert-trained models) are bounded by intervals in every
 domain.
 """
 
@@ -50,6 +50,8 @@ from onnx.external_data_helper import load_external_data_for_model
 from onnx.reference import ReferenceEvaluator
 from torch import Tensor
 
+from domains.activations import LeakyReLU, Sigmoid, Tanh
+from domains.maxpool import MaxPool2d
 from domains.network import (
     Add,
     AvgPool2d,
@@ -469,6 +471,21 @@ def _relu(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
     return b.emit(ReLU(), x)
 
 
+def _leaky_relu(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
+    alpha = float(attrs.get("alpha", 0.01))
+    if not 0.0 <= alpha <= 1.0:
+        raise _NodeError(f"alpha={alpha} is not supported (only 0 <= alpha <= 1)")
+    return b.emit(LeakyReLU(alpha), x)
+
+
+def _sigmoid(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
+    return b.emit(Sigmoid(), x)
+
+
+def _tanh(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
+    return b.emit(Tanh(), x)
+
+
 def _floor(b: _Builder, attrs: _Attrs, x: _Var) -> _Var:
     return b.emit(Floor(), x)
 
@@ -639,6 +656,26 @@ def _avgpool(b: _Builder, attrs: _Attrs, x: Value) -> _Var:
     return b.emit(AvgPool2d(kernel, strides, padding), x)
 
 
+def _maxpool(b: _Builder, attrs: _Attrs, x: Value) -> _Var:
+    """Max pooling of x (N, C, H, W), padded with -inf; ceil_mode only where no window is partial."""
+    x, kernel = _image(b, x), tuple(attrs.get("kernel_shape", ()))
+    strides, dilations = tuple(attrs.get("strides", (1, 1))), tuple(attrs.get("dilations", (1, 1)))
+    if len(kernel) != 2:
+        raise _NodeError(f"only 2-D max pooling is supported (kernel {kernel})")
+    if attrs.get("storage_order", 0) != 0:
+        raise _NodeError("storage_order=1 is not supported")
+    top, left, bottom, right = _spatial_pads(attrs, x.shape[1:], kernel, strides, dilations)
+    if min(top, left, bottom, right) < 0:
+        raise _NodeError("negative pads are not supported")
+    spans = [n + p + q - d * (k - 1) - 1 for n, p, q, k, d in zip(x.shape[1:], (top, left), (bottom, right),
+                                                                   kernel, dilations)]
+    if min(spans) < 0:
+        raise _NodeError(f"the kernel {kernel} is larger than the padded input {x.shape[1:]}")
+    if attrs.get("ceil_mode", 0) and any(span % s for span, s in zip(spans, strides)):
+        raise _NodeError("ceil_mode=1 with a partial last window is not supported")
+    return b.emit(MaxPool2d(kernel, strides, (left, right, top, bottom), dilations), x)
+
+
 def _global_avgpool(b: _Builder, attrs: _Attrs, x: Value) -> _Var:
     x = _image(b, x)
     return b.emit(AvgPool2d(x.shape[1:], (1, 1)), x)
@@ -754,15 +791,19 @@ _CONVERTERS = {
     "Gemm": _gemm,
     "GlobalAveragePool": _global_avgpool,
     "Identity": _identity,
+    "LeakyRelu": _leaky_relu,
     "MatMul": _matmul,
+    "MaxPool": _maxpool,
     "Mul": partial(_binary, "Mul"),
     "Neg": _neg,
     "Pad": _pad,
     "Relu": _relu,
     "Reshape": _reshape,
     "Shape": _shape,
+    "Sigmoid": _sigmoid,
     "Squeeze": _squeeze,
     "Sub": partial(_binary, "Sub"),
+    "Tanh": _tanh,
     "Transpose": _transpose,
     "Unsqueeze": _unsqueeze,
 }

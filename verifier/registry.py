@@ -27,7 +27,7 @@ from domains.deeppoly import DeepPoly
 from domains.mnbab import MNBaBConfig, mnbab_verify
 from domains.network import Network
 from verifier.attack import pgd_attack
-from verifier.spec import PropertyBatch, round_outward
+from verifier.spec import PropertyBatch, SpecError, round_outward
 
 
 @dataclass
@@ -85,7 +85,11 @@ def verify_mnbab(net: Network, batch: PropertyBatch, deadline: float, options: O
 
 
 def verify_milp(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
-    from domains.milp import milp_verify
+    from domains.milp import milp_verify, unsupported_op
+
+    if unsupported_op(net) is not None:
+        raise SpecError(f"--domain milp cannot encode {unsupported_op(net)} exactly (Sigmoid and Tanh are not "
+                        "piecewise linear); use box, deeppoly or mnbab")
 
     verdicts = []
     for i in range(len(batch)):

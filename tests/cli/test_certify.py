@@ -73,6 +73,33 @@ def test_inputs_all_domains_and_json_schema(tiny_model, tmp_path, capsys):
     assert summary["mnbab"]["certified"] + summary["mnbab"]["falsified"] == 7  # complete on a tiny net
 
 
+def test_maxpool_sigmoid_tanh_leaky_relu_network_gets_a_verdict_in_every_domain(tmp_path, capsys):
+    """A conv net with MaxPool, LeakyReLU, Tanh and Sigmoid imports and every domain returns a row per sample,
+    ReLU and input splitting alike; none certifies a sample that another falsifies."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3),
+                          nn.ReLU(), nn.MaxPool2d(2, stride=1, padding=1), nn.Flatten(), nn.Linear(4 * 3 * 3, 8),
+                          nn.Tanh(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 3)).eval()
+    path = tmp_path / "nonrelu.onnx"
+    torch.onnx.export(model, torch.zeros(1, 1, 8, 8), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    x = torch.rand(6, 1, 8, 8)
+    np.savez(tmp_path / "inputs.npz", x=x.numpy(), y=model(x).argmax(1).numpy())
+    statuses = {}
+    for split in ("relu", "input"):
+        out_json = tmp_path / f"{split}.json"
+        code, _, err = run(capsys, path, "--inputs", tmp_path / "inputs.npz", "--eps", "0.05",
+                           "--domain", "box,deeppoly,mnbab", "--timeout", "5", "--bab-split", split, "--json",
+                           out_json, "--quiet", "--threads", "1")
+        assert code == 0, err
+        rows = json.loads(out_json.read_text())["results"]
+        assert len(rows) == 18 and all(r["status"] in ("certified", "falsified", "unknown", "timeout") for r in rows)
+        for r in rows:
+            statuses.setdefault(r["index"], set()).add(r["status"])
+    assert all(not {"certified", "falsified"} <= s for s in statuses.values())
+    assert any("certified" in s for s in statuses.values())
+
+
 def test_max_memory_reaches_branch_and_bound(tiny_model, tmp_path, capsys):
     """--max-memory, --max-queue and --branching-candidates land in BaB's config (recorded in the results);
     the run completes."""
@@ -224,8 +251,8 @@ def test_instances_runner_on_vnncomp_files(tmp_path, capsys):
     assert len([line for line in out.read_text().splitlines() if not line.startswith("#")]) == 4
 
 
-def _unsupported_model(path):
-    node = helper.make_node("Sigmoid", ["x"], ["y"], name="sig0")
+def _unsupported_model(path, op_type="Softplus"):
+    node = helper.make_node(op_type, ["x"], ["y"], name="sig0")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
@@ -241,7 +268,7 @@ def _unsupported_model(path):
                                   "zero_threads", "zero_num", "resume_without_json", "clip_inverted",
                                   "mean_wrong_count", "std_zero", "device_bogus", "eps_text",
                                   "instances_start_past_end", "max_memory_unit", "max_memory_zero",
-                                  "max_queue_zero", "branching_candidates_zero"])
+                                  "max_queue_zero", "branching_candidates_zero", "milp_sigmoid"])
 def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys):
     model, inputs, _ = tiny_model
     args = {
@@ -249,6 +276,9 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
         "bad_eps_fraction": [model, "--inputs", inputs, "--eps", "2/0"],
         "negative_eps": [model, "--inputs", inputs, "--eps", "-1"],
         "unsupported_op": [_unsupported_model(tmp_path / "s.onnx"), "--inputs", inputs, "--eps", "0.1"],
+        "milp_sigmoid": [_unsupported_model(tmp_path / "sigmoid.onnx", "Sigmoid"), "--vnnlib",
+                         _vnnlib(tmp_path, "milp.vnnlib", n_inputs=3, lower=0.0, upper=1.0), "--domain", "milp",
+                         "--no-attack"],
         "shape_mismatch": [model, "--inputs", _npz(tmp_path, np.zeros((2, 5), np.float32)), "--eps", "0.1"],
         "malformed_vnnlib": [model, "--vnnlib", _text(tmp_path / "m.vnnlib", "(declare-const X_0 Real")],
         "unknown_domain": [model, "--inputs", inputs, "--eps", "0.1", "--domain", "zonotope"],
@@ -296,7 +326,9 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model, tmp_path, capsys)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("certify: error:"), err
     if case == "unsupported_op":
-        assert "Sigmoid" in lines[0] and "sig0" in lines[0]
+        assert "Softplus" in lines[0] and "sig0" in lines[0]
+    if case == "milp_sigmoid":
+        assert "milp" in lines[0] and "Sigmoid" in lines[0]
 
 
 def test_instances_run_survives_bad_models_and_properties(tiny_model, tmp_path, capsys):

@@ -8,8 +8,8 @@ import torch
 
 from domains.alpha import AlphaDeepPoly, StopBy
 from domains.deeppoly import DeepPoly
-from domains.network import Linear, Network, ReLU
-from tests.random_nets import KINDS, input_fed_conv_network, random_network, random_region
+from domains.network import Activation, Linear, Network, ReLU
+from tests.random_nets import ACTIVATION_KINDS, KINDS, input_fed_conv_network, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
 
 
@@ -198,3 +198,37 @@ def test_nodes_before_every_relu_are_not_reoptimised_and_the_bounds_stay():
     a, b = planned.optimize(C, iterations=5), unplanned.optimize(C, iterations=5)
     assert planned.frozen == {3}
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ACTIVATION_KINDS)
+@pytest.mark.parametrize("seed", range(3))
+def test_optimised_activation_parameters_sound_and_at_least_deeppoly(kind, seed):
+    """The slopes of LeakyReLU, Sigmoid and Tanh and MaxPool's lower line are optimised with the ReLU slopes;
+    every step stays sound."""
+    _, net = random_network(seed, kind, detach=True)
+    lower, upper, C = random_region(net, seed, n=2, eps=0.15, rows=3)
+    deeppoly = DeepPoly(net, lower, upper).bound(C)
+    alpha = AlphaDeepPoly(net, lower, upper)
+    optimised = alpha.optimize(C, iterations=15)
+    assert (optimised >= deeppoly - 1e-6).all()
+    assert (optimised <= concrete_minimum(net, lower, upper, C, seed=seed) + 1e-5).all()
+    assert_node_bounds_hold(net, alpha.bounds, lower, upper, samples=300, seed=seed)
+    assert any(isinstance(net.nodes[node].op, Activation) for _, node in alpha.alpha)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh", "leakyrelu", "maxpool"])
+def test_activation_parameters_tighten_the_bound(kind):
+    """Optimising the activations' slopes as well beats optimising the ReLU slopes alone somewhere."""
+
+    class ReluSlopesOnly(AlphaDeepPoly):
+        def activation_params(self, start, node, A):
+            return None
+
+    gains = []
+    for seed in range(3):
+        _, net = random_network(seed, kind, detach=True)
+        lower, upper, C = random_region(net, seed, n=2, eps=0.15, rows=3)
+        both = AlphaDeepPoly(net, lower, upper).optimize(C, iterations=15)
+        relu_only = ReluSlopesOnly(net, lower, upper).optimize(C, iterations=15)
+        gains.append(float((both - relu_only).max()))
+    assert max(gains) > 1e-3

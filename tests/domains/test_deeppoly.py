@@ -8,7 +8,7 @@ import torch
 from domains import box
 from domains.deeppoly import DeepPoly, exact_by_intervals, min_area_lower_slope, triangle_upper, unstable_indices
 from domains.network import Linear, Network, ReLU
-from tests.random_nets import KINDS, input_fed_conv_network, random_network, random_region
+from tests.random_nets import ACTIVATION_KINDS, KINDS, input_fed_conv_network, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
 
 
@@ -145,3 +145,34 @@ def test_rows_past_the_deadline_keep_their_interval_bounds():
               for node in full.refine_idx}
     assert all(w_late > w_full for w_late, w_full in widths.values()), widths
     assert_node_bounds_hold(net, late.bounds, lower, upper, samples=300, seed=0)
+
+
+@pytest.mark.parametrize("kind", ACTIVATION_KINDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_deeppoly_with_activations_sound_and_at_least_box(kind, seed):
+    """Sigmoid, Tanh, LeakyReLU and MaxPool nets: final and intermediate bounds hold at sampled, corner and PGD
+    points, and are never looser than Box."""
+    _, net = random_network(seed, kind, detach=True)
+    lower, upper, C = random_region(net, seed, eps=0.15)
+    with torch.no_grad():
+        dp = DeepPoly(net, lower, upper)
+        bound = dp.bound(C)
+        bx = box.bound_linear(net, lower, upper, C)
+        boxes = box.propagate(net, lower, upper)
+    assert (bound <= concrete_minimum(net, lower, upper, C, seed=seed) + 1e-5).all()
+    assert (bound >= bx - 1e-6).all()
+    assert_node_bounds_hold(net, dp.bounds, lower, upper, seed=seed)
+    for i, (lo, hi) in dp.bounds.items():  # up to rounding, relative to the bounds' size
+        tol = 1e-6 * (1 + torch.maximum(boxes[i][0].abs(), boxes[i][1].abs()))
+        assert (lo >= boxes[i][0] - tol).all() and (hi <= boxes[i][1] + tol).all(), i
+
+
+@pytest.mark.parametrize("kind", ACTIVATION_KINDS)
+def test_deeppoly_with_activations_tighter_than_box_somewhere(kind):
+    gains = []
+    for seed in range(4):
+        _, net = random_network(seed, kind, detach=True)
+        lower, upper, C = random_region(net, seed, eps=0.15)
+        with torch.no_grad():
+            gains.append((DeepPoly(net, lower, upper).bound(C) - box.bound_linear(net, lower, upper, C)).max())
+    assert max(gains) > 1e-3

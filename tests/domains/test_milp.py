@@ -232,3 +232,30 @@ def test_affine_matrices_match_forward():
         Ws, b = milp._affine_matrices(node.op)
         out = sum(W @ values[j].reshape(-1).numpy() for W, j in zip(Ws, node.inputs)) + b
         assert torch.allclose(torch.from_numpy(out), values[i].reshape(-1), atol=1e-10), repr(node.op)
+
+
+@pytest.mark.parametrize("kind", ["leakyrelu", "maxpool"])
+@pytest.mark.parametrize("seed", range(4))
+def test_minimize_is_exact_with_leaky_relu_and_maxpool(kind, seed):
+    """LeakyReLU and MaxPool are encoded exactly: the minimum is attained, nothing lies below it, DeepPoly is
+    below it."""
+    _, net = random_network(seed, kind, detach=True)
+    lower, upper = _box(net, seed, 0.15 if kind == "leakyrelu" else 0.05)
+    c = torch.randn(net.output_shape, generator=torch.Generator().manual_seed(100 + seed))
+    value, x = milp_minimize(net, lower, upper, c)
+    assert abs(float(_outputs(net, x[None])[0] @ c) - value) < TOL * (1 + abs(value))
+    witness = concrete_minimum(net, lower[None], upper[None], c[None, None], samples=2000, seed=seed)
+    assert value <= float(witness) + TOL
+    with torch.no_grad():
+        relaxed = DeepPoly(net, lower[None], upper[None]).bound(c[None, None])
+    assert value >= float(relaxed) - TOL
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_sigmoid_and_tanh_are_refused(kind):
+    _, net = random_network(0, kind, detach=True)
+    lower, upper = _box(net, 0, 0.1)
+    assert "at node 2" in milp.unsupported_op(net)
+    with pytest.raises(milp.NotEncodable, match="not piecewise linear"):
+        milp_minimize(net, lower, upper, torch.ones(net.output_shape))
+    assert milp.unsupported_op(random_network(0, "maxpool")[1]) is None

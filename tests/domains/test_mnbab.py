@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from domains import box, intermediate_bab, mnbab
+from domains.activations import relu_form
 from domains.alpha import AlphaDeepPoly
 from domains.bab import BaBConfig
 from domains.deeppoly import DeepPoly
@@ -18,7 +19,7 @@ from domains.milp import milp_verify
 from domains.mnbab import MNBaBConfig, mnbab_verify, root_bounds, tighten_root
 from domains.pgd import pgd_maximize
 from tests.paths import mnist_fc_property
-from tests.random_nets import fc_model, input_fed_conv_network, random_network, random_region
+from tests.random_nets import _randomize, fc_model, input_fed_conv_network, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum, exact_range
 from verifier.spec import robustness_spec
 
@@ -360,3 +361,60 @@ def test_every_stage_ends_by_the_timeout_on_a_conv_net(stage):
     elapsed = time.monotonic() - start
     assert result.status in ("timeout", "unknown"), result.stats
     assert elapsed <= 1.1 * timeout + 1.0, (elapsed, result.stats)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+@pytest.mark.parametrize("kind", ["leakyrelu", "maxpool"])
+def test_leaky_relu_and_maxpool_nets_agree_with_exact_milp(kind, pipeline):
+    """LeakyReLU and MaxPool are not split, but the leaves left are solved by the exact MILP: every property is
+    decided and agrees with it."""
+    _check_against_milp(kind, range(2), {"leakyrelu": [0.03, 0.15, 0.3], "maxpool": [0.03, 0.06]}[kind],
+                        PIPELINES[pipeline])
+
+
+@pytest.mark.parametrize("split", ["relu", "input"])
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_sigmoid_and_tanh_verdicts_hold_against_sampling_and_pgd(kind, split):
+    """No exact reference exists: a certified property has no violation among dense samples, corners and PGD
+    points of its clauses, and a falsified one carries a real counterexample."""
+    verdicts = set()
+    for seed in range(3):
+        net, props = _properties(kind, seed, [0.02, 0.1, 0.5])
+        for lower, upper, spec in props:
+            result = _mnbab(net, lower, upper, spec, MNBaBConfig(split=split), timeout=5.0)
+            verdicts.add(result.status)
+            if result.status == "certified":
+                rows = concrete_minimum(net, lower[None], upper[None], spec.C[None], samples=4000, seed=seed)
+                margins = torch.stack([(rows[0] - spec.d)[spec.clause == k].max()
+                                       for k in range(int(spec.clause.max()) + 1)])
+                assert (margins > 0).all(), (seed, margins)
+            elif result.status == "falsified":
+                x = result.counterexample
+                assert (x >= lower).all() and (x <= upper).all()
+                assert bool(_is_counterexample(net, spec)(x[None])[0])
+            else:
+                assert result.status in ("unknown", "timeout")
+    assert "certified" in verdicts and len(verdicts) > 1  # the radii reach beyond what can be certified
+
+
+def test_leaky_relus_are_split_like_relus():
+    """A network whose only activations are LeakyReLUs is decided by splitting them (not by the exact leaf MILP),
+    in agreement with the exact MILP."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 12), torch.nn.LeakyReLU(0.1), torch.nn.Linear(12, 12),
+                                torch.nn.LeakyReLU(0.3), torch.nn.Linear(12, 3)).eval()
+    _randomize(model, torch.Generator().manual_seed(3), gain=2.0)
+    net = network_from_torch(model, (4,)).detach()
+    assert relu_form(net).relu_nodes and not net.relu_nodes
+    points = torch.randn(64, 4)
+    assert torch.allclose(relu_form(net)(points), net(points), atol=1e-5)
+    center = torch.rand(4, generator=torch.Generator().manual_seed(3))
+    spec = robustness_spec(int(net(center[None]).argmax()), 3)
+    split = 0
+    for eps in (0.06, 0.07, 0.08):  # certified at the root, certified by splitting, falsified
+        config = MNBaBConfig(multineuron=False, intermediate_bab_share=0.0, split="relu")
+        result = _mnbab(net, center - eps, center + eps, spec, config)
+        exact = milp_verify(net, center - eps, center + eps, spec.C, spec.d, spec.clause)
+        assert result.status == exact.status
+        split += sum(b["subproblems"] for b in result.stats.get("bab", []))
+        assert all(not b.get("exact_leaves") for b in result.stats.get("bab", []))
+    assert split > 0

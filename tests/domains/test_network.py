@@ -2,7 +2,11 @@
 
 import pytest
 import torch
+from torch import nn
 
+from domains.activations import LeakyReLU, Sigmoid, Tanh
+from domains.from_torch import UnsupportedModule, network_from_torch
+from domains.maxpool import MaxPool2d
 from domains.network import (
     Add,
     AvgPool2d,
@@ -128,3 +132,21 @@ def test_prepend_composes():
     x = torch.rand(5, 2, 2)
     assert torch.allclose(composed(x), net(x.reshape(5, 4) * 0.5 + 1.0), atol=1e-6)
     assert len(composed.nodes) == 4
+
+
+def test_from_torch_converts_maxpool_and_smooth_activations():
+    """nn.MaxPool2d (padding, stride, dilation), LeakyReLU, Tanh and Sigmoid become IR ops that compute the same."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.LeakyReLU(0.2), nn.MaxPool2d(3, stride=2, padding=1, dilation=1),
+                          nn.Tanh(), nn.MaxPool2d(2, dilation=2), nn.Flatten(), nn.Sigmoid()).eval()
+    net = network_from_torch(model, (1, 11, 11))
+    assert [type(n.op) for n in net.nodes[1:]] == [Conv2d, LeakyReLU, MaxPool2d, Tanh, MaxPool2d, Reshape, Sigmoid]
+    x = torch.randn(5, 1, 11, 11)
+    assert torch.allclose(net(x), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("module", [nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(2, return_indices=True),
+                                    nn.LeakyReLU(1.5)])
+def test_from_torch_rejects_unsupported_configurations(module):
+    with pytest.raises(UnsupportedModule):
+        network_from_torch(nn.Sequential(module), (1, 5, 5))

@@ -16,7 +16,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from domains.activations import LeakyReLU, Sigmoid, Tanh
 from domains.from_torch import Normalize
+from domains.maxpool import MaxPool2d
 from domains.network import (
     AvgPool2d,
     Clip,
@@ -214,6 +216,20 @@ def global_avgpool_case():
     return [1, 1, 6, 6], [node("GlobalAveragePool", ["x"])], []
 
 
+def maxpool_case(kernel, strides, pads=None, dilations=(1, 1), auto_pad=None, ceil_mode=0):
+    attrs = {"kernel_shape": list(kernel), "strides": list(strides), "dilations": list(dilations),
+             "ceil_mode": ceil_mode}
+    attrs.update({"pads": list(pads)} if pads is not None else {})
+    attrs.update({"auto_pad": auto_pad} if auto_pad is not None else {})
+    return [1, 2, 7, 8], [node("MaxPool", ["x"], **attrs)], []
+
+
+def activation_case(op_type, **attrs):
+    """An activation between two layers, so that it sees both signs and large inputs."""
+    nodes = [node("MatMul", ["x", "w"], "m"), node(op_type, ["m"], "a", **attrs), node("MatMul", ["a", "v"])]
+    return ["N", 5], nodes, [const("w", 5, 6), const("v", 6, 3)]
+
+
 CASES = {
     "gemm-transB1-alpha-beta": gemm_case(1, 0.5, 2.0, (4,)),
     "gemm-transB0-rowC": gemm_case(0, 1.0, -1.0, (1, 4)),
@@ -230,6 +246,14 @@ CASES = {
     "avgpool-pads": avgpool_case((3, 3), (1, 2), (1, 1, 1, 1), count_include_pad=1),
     "avgpool-asym-pads": avgpool_case((2, 3), (2, 1), (0, 1, 1, 2), count_include_pad=1),
     "global-avgpool": global_avgpool_case(),
+    "maxpool": maxpool_case((2, 2), (2, 2)),
+    "maxpool-asym-pads-stride-dilation": maxpool_case((3, 2), (2, 1), (0, 1, 2, 1), dilations=(2, 1)),
+    "maxpool-same-upper": maxpool_case((3, 3), (2, 2), auto_pad="SAME_UPPER"),
+    "maxpool-ceil-mode-full-windows": maxpool_case((3, 2), (2, 2), ceil_mode=1),
+    "sigmoid": activation_case("Sigmoid"),
+    "tanh": activation_case("Tanh"),
+    "leakyrelu": activation_case("LeakyRelu", alpha=0.2),
+    "leakyrelu-default-alpha": activation_case("LeakyRelu"),
     "batchnorm-2d": batchnorm_case([1, 3, 5, 5]),
     "batchnorm-1d": batchnorm_case(["N", 6]),
     "pad-opset13": pad_case(13),
@@ -274,6 +298,10 @@ def test_op_matches_onnxruntime(tmp_path, case):
     ("batchnorm-2d", [ElementwiseAffine, Reshape]),
     ("identity-dropout-neg-cast", [ElementwiseAffine, ReLU]),
     ("floor-clip-concat-opset13", [ElementwiseAffine, Floor, Clip, Concat, Reshape]),
+    ("maxpool-asym-pads-stride-dilation", [MaxPool2d, Reshape]),
+    ("sigmoid", [Linear, Sigmoid, Linear]),
+    ("tanh", [Linear, Tanh, Linear]),
+    ("leakyrelu", [Linear, LeakyReLU, Linear]),
 ])
 def test_ir_ops(tmp_path, case, expected):
     """Asymmetric padding becomes a Pad op; MatMul + Add becomes one Linear; outputs are flattened."""
@@ -385,6 +413,26 @@ def test_torch_cnn_with_batchnorm_and_avgpool(tmp_path, training):
     assert op_types(imported) == [Conv2d, ReLU, AvgPool2d, Conv2d, ReLU, Reshape, Linear]
 
 
+def test_torch_cnn_with_maxpool_and_smooth_activations(tmp_path):
+    """nn.MaxPool2d (padding, dilation), LeakyReLU, Tanh and Sigmoid export, import and match torch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.LeakyReLU(0.1), nn.MaxPool2d(2, padding=1),
+                          nn.Conv2d(3, 2, 3, padding=1), nn.Tanh(), nn.MaxPool2d(3, stride=1, dilation=2),
+                          nn.Flatten(), nn.Linear(2, 4), nn.Sigmoid(), nn.Linear(4, 3))
+    path = export(model, torch.zeros(1, 1, 11, 11), tmp_path / "maxpool.onnx")
+    imported = import_and_compare(path)
+    assert_matches_torch(model, imported)
+    assert op_types(imported) == [Conv2d, LeakyReLU, MaxPool2d, Conv2d, Tanh, MaxPool2d, Reshape, Linear, Sigmoid,
+                                  Linear]
+
+
+def test_maxpool_indices_output_is_rejected(tmp_path):
+    nodes = [helper.make_node("MaxPool", ["x"], ["p", "i"], name="pool", kernel_shape=[2, 2]),
+             node("Cast", ["i"], to=TensorProto.FLOAT), ]
+    path = save(tmp_path, [1, 1, 4, 4], nodes, outputs=("y",))
+    assert_import_error(path, "MaxPool", "'pool'")
+
+
 def test_torch_view_flatten(tmp_path):
     """x.view(x.size(0), -1) exports Shape/Gather/Concat; the constant subgraph folds into a Reshape."""
 
@@ -437,7 +485,7 @@ def assert_import_error(path, *fragments: str) -> None:
         assert fragment in message, message
 
 
-@pytest.mark.parametrize(("op_type", "attrs"), [("MaxPool", {"kernel_shape": [2, 2]}), ("Sigmoid", {})])
+@pytest.mark.parametrize(("op_type", "attrs"), [("LpPool", {"kernel_shape": [2, 2]}), ("Softplus", {})])
 def test_unsupported_op(tmp_path, op_type, attrs):
     path = save(tmp_path, [1, 1, 4, 4], [helper.make_node(op_type, ["x"], ["y"], name="layer_3", **attrs)])
     assert_import_error(path, f"unsupported ONNX op '{op_type}'", "'layer_3'", "supported: ")
@@ -450,6 +498,11 @@ def test_unsupported_op(tmp_path, op_type, attrs):
      ["AveragePool", "count_include_pad"]),
     ([1, 1, 5, 5], [node("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)], [],
      ["AveragePool", "ceil_mode"]),
+    ([1, 1, 5, 5], [node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)], [],
+     ["MaxPool", "MaxPool_y", "ceil_mode"]),
+    ([1, 1, 5, 5], [node("MaxPool", ["x"], kernel_shape=[2, 2], storage_order=1)], [],
+     ["MaxPool", "storage_order"]),
+    ([1, 2, 3], [node("LeakyRelu", ["x"], alpha=1.5)], [], ["LeakyRelu", "LeakyRelu_y", "alpha=1.5"]),
     ([1, 1, 4, 4], [node("Pad", ["x", "p"], mode="reflect")], [ints("p", [0, 0, 1, 1, 0, 0, 1, 1])],
      ["Pad", "reflect"]),
     ([1, 1, 4, 4], [node("Pad", ["x", "p"])], [ints("p", [0, 1, 0, 0, 0, 1, 0, 0])], ["Pad", "last two dims"]),
