@@ -162,7 +162,7 @@ def _refine(net: Network, node: int, lo: Tensor, hi: Tensor, lower: Tensor, uppe
 
 
 def lowdim_bounds(net: Network, lower: Tensor, upper: Tensor, known: dict[int, Bounds] | None = None,
-                  chunk_elements: int = 1 << 21) -> LowDimBounds:
+                  chunk_elements: int = 1 << 16) -> LowDimBounds:
     """Bounds of every node for inputs in [lower, upper] (N, *input_shape), by forward linear functions.
 
     ``known`` holds valid bounds of some nodes (e.g. a parent box's), intersected in. The neurons of a

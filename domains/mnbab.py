@@ -226,7 +226,8 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
     before the intermediate bounds' searches and branch-and-bound: a search
     stronger than the cheap one before the domains is worth its second there
     (on mnist_fc 256x4 prop_8_0.05 it finds the counterexample in a second,
-    after the searches in 57 s).
+    after the searches in 57 s). Input splitting searches for counterexamples
+    in every batch of sub-boxes instead.
     """
     config = config or MNBaBConfig()
     stats: dict = {}
@@ -250,7 +251,9 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
         return BaBResult("certified", stats=stats)
     if time.monotonic() > deadline:
         return BaBResult("timeout", stats=stats)
-    if attack is not None and config.bab:
+    # input splitting probes every batch of sub-boxes for counterexamples (faces, PGD), where the restarts over
+    # the whole box miss ACAS Xu's: on 1_3 prop_2 50 restarts fail in 2.9 s, the search finds one in 1.1 s
+    if attack is not None and config.bab and not input_split:
         stats["stage"] = "attack"
         found = attack(deadline)
         if found is not None:
