@@ -4,9 +4,11 @@ For each property, both codes run ``InputBranchAndBound`` (the search alone, no 
 their default configuration for at most ``--seconds`` on one thread, in alternating rounds (old, new,
 old, new, ...) so that the machine's load hits both alike. The older revision runs from a temporary
 ``git worktree``. Reported per property and code: the verdict, sub-boxes bounded, seconds, sub-boxes
-per second, and the ratios new / old.
+per second, and the ratios new / old. The searches bound different sub-boxes (the branching differs), so
+both codes also bound the same ones: the ``--grid`` ^ 5 equal sub-boxes of the property's box, in batches
+of 512, without parents (``bound`` alone: no search, no inherited bounds).
 
-    python benchmarks/acasxu_throughput.py --rev 86ec1af --seconds 20 --rounds 2 \\
+    python benchmarks/acasxu_throughput.py --rev 86ec1af --seconds 20 --rounds 2 --grid 4 \\
         --out benchmarks/results/acasxu_throughput.json
 """
 
@@ -55,12 +57,34 @@ for i in range(len(batch)):  # one input box per disjunct of the VNN-LIB file
 print(json.dumps({"status": status, "boxes": boxes, "seconds": spent}))
 """
 
+# The same sub-boxes for both codes: a grid over the first input box, bounded batch by batch.
+GRID = PROBE.split("boxes, spent")[0] + """
+from domains.input_bab import Boxes
+grid = int(sys.argv[5])
+spec = batch[[0]]
+steps = [torch.linspace(0, 1, grid + 1)] * spec.lower[0].numel()
+corners = torch.cartesian_prod(*[s[:-1] for s in steps]), torch.cartesian_prod(*[s[1:] for s in steps])
+width = spec.upper - spec.lower
+lo, hi = (spec.lower + width * c.view(-1, *spec.lower.shape[1:]) for c in corners)
+hi = torch.where(corners[1].view_as(hi) == 1, spec.upper.expand_as(hi), hi)
+search = InputBranchAndBound(net, spec.lower, spec.upper, spec.C, spec.d, spec.clause, InputBaBConfig(),
+                             lambda x: spec.property_margin(net(x)) <= 0, float("inf"))
+started = time.monotonic()
+with torch.no_grad():
+    for part in torch.arange(len(lo)).split(512):
+        n = len(part)
+        search.bound(Boxes(lo[part], hi[part], spec.d.new_full((n, spec.d.shape[1]), -float("inf")),
+                           torch.zeros(n, dtype=torch.long), spec.d.new_zeros(n)))
+print(json.dumps({"status": "bounded", "boxes": len(lo), "seconds": time.monotonic() - started}))
+"""
 
-def run_probe(tree: Path, folder: Path, prop: str, seconds: float) -> dict:
+
+def run_probe(tree: Path, folder: Path, prop: str, seconds: float, grid: int = 0) -> dict:
     net_name, name = prop.split(":")
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(folder), net_name, name, str(seconds)], cwd=tree,
-                         env=env, capture_output=True, text=True, check=True)
+    code, extra = (GRID, [str(grid)]) if grid else (PROBE, [])
+    out = subprocess.run([sys.executable, "-c", code, str(folder), net_name, name, str(seconds), *extra],
+                         cwd=tree, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -91,6 +115,7 @@ def main() -> None:
     parser.add_argument("--properties", nargs="+", default=DEFAULT_PROPERTIES, help="NET:PROP, e.g. 4_7:prop_1")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--grid", type=int, default=4, help="sub-boxes per dimension of the fixed workload (0: none)")
     parser.add_argument("--out", type=Path, help="JSON results (a .md table is written beside it)")
     args = parser.parse_args()
     if not (args.benchmark / "instances.csv").is_file():
@@ -102,12 +127,14 @@ def main() -> None:
         try:
             rows = []
             for prop in args.properties:
-                runs: dict[str, list[dict]] = {"old": [], "new": []}
-                for _ in range(args.rounds):
-                    for side, tree in (("old", old_tree), ("new", REPO)):
-                        runs[side].append(run_probe(tree, args.benchmark, prop, args.seconds))
-                        print(prop, side, runs[side][-1], flush=True)
-                rows.append({"property": prop, "old": summarize(runs["old"]), "new": summarize(runs["new"])})
+                for grid in ([0, args.grid] if args.grid else [0]):
+                    runs: dict[str, list[dict]] = {"old": [], "new": []}
+                    for _ in range(args.rounds):
+                        for side, tree in (("old", old_tree), ("new", REPO)):
+                            runs[side].append(run_probe(tree, args.benchmark, prop, args.seconds, grid))
+                            print(prop, grid, side, runs[side][-1], flush=True)
+                    name = f"{prop} grid {grid}^5" if grid else prop
+                    rows.append({"property": name, "old": summarize(runs["old"]), "new": summarize(runs["new"])})
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=REPO, check=True)
     table = markdown(rows, args.rev, args.seconds)

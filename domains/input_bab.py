@@ -4,8 +4,11 @@ When the input has few dimensions (ACAS Xu: 5), the relaxation error comes
 from the width of the input box much more than from any single ReLU: halving
 the box along one dimension tightens every unstable neuron at once. A
 subproblem here is a sub-box [lo, hi] of the input box; a batch of sub-boxes
-is bounded together by DeepPoly (the batch dimension is the sub-box, optionally
-with a few steps of alpha on the final slopes). All open clauses of the
+is bounded together by DeepPoly (the batch dimension is the sub-box): by
+:mod:`domains.lowdim` (forward linear bounds, then back-substitution of the
+neurons still unstable, all sub-boxes' rows stacked), or, with alpha steps on
+the final slopes or ops it does not support, by :class:`AlphaDeepPoly`. Each
+sub-box starts from its parent's intermediate bounds (it lies inside it). All open clauses of the
 property are searched together (rows C y <= d grouped by ``clause``, as in
 :mod:`domains.mnbab`): they share the intermediate bounds, which cost most,
 and a counterexample to any clause ends the search. A sub-box is done once
@@ -19,8 +22,9 @@ every clause has a row whose lower bound exceeds its d. Every other sub-box is
   uniform samples and PGD's interior steps rarely land;
 - split in half along the dimension of highest smear score
   ``sum_{rows k of open clauses} |A_in[k, j]| * (hi_j - lo_j)`` (the change of the linear
-  bound across the box caused by dimension j, Wang et al. 2018 / ERAN), or,
-  with ``branching='width'``, along its widest dimension.
+  bound across the box caused by dimension j, Wang et al. 2018 / ERAN) among the
+  dimensions of wide reach (``reach_ratio``), or, with ``branching='width'``,
+  along its widest dimension.
 
 Sub-boxes are processed best-first (lowest property margin, where counterexamples
 live), depth-first once the queue exceeds ``max_queue`` so memory stays bounded;
