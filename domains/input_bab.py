@@ -8,10 +8,11 @@ is bounded together by DeepPoly (the batch dimension is the sub-box): by
 :mod:`domains.lowdim` (forward linear bounds, then back-substitution of the
 neurons still unstable, all sub-boxes' rows stacked), or, with alpha steps on
 the final slopes or ops it does not support, by :class:`AlphaDeepPoly`. Each
-sub-box starts from its parent's intermediate bounds (it lies inside it). All open clauses of the
-property are searched together (rows C y <= d grouped by ``clause``, as in
-:mod:`domains.mnbab`): they share the intermediate bounds, which cost most,
-and a counterexample to any clause ends the search. A sub-box is done once
+sub-box starts from its parent's intermediate bounds (it lies inside it).
+All open clauses of the property are searched together (rows C y <= d
+grouped by ``clause``, as in :mod:`domains.mnbab`): they share the
+intermediate bounds, which cost most, and a counterexample to any clause ends
+the search. A sub-box is done once
 every clause has a row whose lower bound exceeds its d. Every other sub-box is
 
 - checked concretely: its centre, the corners minimising each row's linear
@@ -139,7 +140,7 @@ class InputBranchAndBound:
 
     def bound(self, boxes: Boxes) -> BoundedBoxes:
         """Linear bounds of the rows on every sub-box (plus optional alpha on the final slopes); never looser
-        than the parent. Intermediate bounds by :func:`domains.lowdim.forward_bounds` where the network allows."""
+        than the parent. Intermediate bounds by :func:`domains.lowdim.lowdim_bounds` where the network allows."""
         if supports(self.net) and self.config.alpha_iterations == 0:
             with torch.no_grad():
                 return self.bound_stacked(boxes)
