@@ -4,11 +4,15 @@ When the input has few dimensions (ACAS Xu: 5), the relaxation error comes
 from the width of the input box much more than from any single ReLU: halving
 the box along one dimension tightens every unstable neuron at once. A
 subproblem here is a sub-box [lo, hi] of the input box; a batch of sub-boxes
-is bounded together by DeepPoly (the batch dimension is the sub-box, optionally
-with a few steps of alpha on the final slopes). All open clauses of the
-property are searched together (rows C y <= d grouped by ``clause``, as in
-:mod:`domains.mnbab`): they share the intermediate bounds, which cost most,
-and a counterexample to any clause ends the search. A sub-box is done once
+is bounded together by DeepPoly (the batch dimension is the sub-box): by
+:mod:`domains.lowdim` (forward linear bounds, then back-substitution of the
+neurons still unstable, all sub-boxes' rows stacked), or, with alpha steps on
+the final slopes or ops it does not support, by :class:`AlphaDeepPoly`. Each
+sub-box starts from its parent's intermediate bounds (it lies inside it).
+All open clauses of the property are searched together (rows C y <= d
+grouped by ``clause``, as in :mod:`domains.mnbab`): they share the
+intermediate bounds, which cost most, and a counterexample to any clause ends
+the search. A sub-box is done once
 every clause has a row whose lower bound exceeds its d. Every other sub-box is
 
 - checked concretely: its centre, the corners minimising each row's linear
@@ -19,8 +23,9 @@ every clause has a row whose lower bound exceeds its d. Every other sub-box is
   uniform samples and PGD's interior steps rarely land;
 - split in half along the dimension of highest smear score
   ``sum_{rows k of open clauses} |A_in[k, j]| * (hi_j - lo_j)`` (the change of the linear
-  bound across the box caused by dimension j, Wang et al. 2018 / ERAN), or,
-  with ``branching='width'``, along its widest dimension.
+  bound across the box caused by dimension j, Wang et al. 2018 / ERAN) among the
+  dimensions of wide reach (``reach_ratio``), or, with ``branching='width'``,
+  along its widest dimension.
 
 Sub-boxes are processed best-first (lowest property margin, where counterexamples
 live), depth-first once the queue exceeds ``max_queue`` so memory stays bounded;
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -41,6 +46,7 @@ from domains.alpha import AlphaDeepPoly
 from domains.bab import BaBResult
 from domains.backsub import argmin_on_box, concretize
 from domains.box import bound_linear as box_bound_linear
+from domains.lowdim import backsubstitute_rows, input_sensitivity, lowdim_bounds, row_lower, supports
 from domains.network import Network
 from domains.pgd import pgd_maximize
 from domains.pool import Batch, Pool
@@ -67,17 +73,25 @@ class InputBaBConfig:
     samples: int = 4096  # random points per batch, spread over its open sub-boxes (see face_samples)
     attack_seeds: int = 8  # per batch, the lowest-margin points refined by PGD inside their sub-box
     attack_steps: int = 5
+    # smear only among the dimensions whose reach (width x input_sensitivity) is at least 1/reach_ratio of the
+    # widest's: a dimension the final linear bound is steep in can be too narrow for splitting it to shrink the
+    # intermediate relaxations, where the bound's error is (ACAS Xu 4_7 prop_1: smear alone times out after
+    # 15000 sub-boxes at depth 55, the widest reach alone takes 1800 sub-boxes, both together 1000)
+    reach_ratio: float = 4.0
+    inherit: bool = True  # children start from their parent's intermediate bounds (memory: 2 floats a neuron)
 
 
 @dataclass
 class Boxes(Batch):
-    """A batch of sub-boxes: lo, hi (N, *in), lower (N, m) row bounds, depth (N,), key (N,) the best-first order."""
+    """A batch of sub-boxes: lo, hi (N, *in), lower (N, m) row bounds, depth (N,), key (N,) the best-first order,
+    and ``known``: valid bounds (N, *shape[i]) of the pre-activation nodes i, the parent's (a child lies in it)."""
 
     lo: Tensor
     hi: Tensor
     lower: Tensor
     depth: Tensor
     key: Tensor
+    known: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,9 +101,11 @@ class BoundedBoxes:
     lower: Tensor
     A_in: Tensor
     candidates: Tensor  # (N, m, *in): the corner minimising each row's linear bound
+    known: dict[int, tuple[Tensor, Tensor]]  # the pre-activation bounds (N, *shape[i]) found on the way
 
     def select(self, index: Tensor) -> BoundedBoxes:
-        return BoundedBoxes(self.lower[index], self.A_in[index], self.candidates[index])
+        known = {i: (lo[index], hi[index]) for i, (lo, hi) in self.known.items()}
+        return BoundedBoxes(self.lower[index], self.A_in[index], self.candidates[index], known)
 
 
 class InputBranchAndBound:
@@ -106,7 +122,17 @@ class InputBranchAndBound:
         self.clause, self.n_clauses = clause, int(clause.max()) + 1
         self.config, self.is_counterexample, self.deadline = config, is_counterexample, deadline
         self.generator = torch.Generator().manual_seed(0)
+        self.sensitivity = input_sensitivity(net).to(lower)
         self.stats: dict = {"split": "input", "boxes": 0, "batches": 0, "max_queue": 0, "max_depth": 0}
+
+    def unbounded(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """No known bounds (-inf, inf) for the root's pre-activation nodes, or none at all if not ``inherit``."""
+        if not self.config.inherit:
+            return {}
+        nodes = sorted({self.net.nodes[r].inputs[0] for r in self.net.relu_nodes})
+        return {i: (torch.full((1, *self.net.shapes[i]), -torch.inf, dtype=self.d.dtype, device=self.d.device),
+                    torch.full((1, *self.net.shapes[i]), torch.inf, dtype=self.d.dtype, device=self.d.device))
+                for i in nodes}
 
     def property_margin(self, row_lower: Tensor) -> Tensor:
         """min over clauses of the best row margin: (N, m) -> (N,); > 0 means the sub-box is safe."""
@@ -115,12 +141,16 @@ class InputBranchAndBound:
     # -- bounding ---------------------------------------------------------------------------------
 
     def bound(self, boxes: Boxes) -> BoundedBoxes:
-        """DeepPoly (plus optional alpha on the final slopes) on every sub-box; never looser than the parent."""
+        """Linear bounds of the rows on every sub-box (plus optional alpha on the final slopes); never looser
+        than the parent. Intermediate bounds by :func:`domains.lowdim.lowdim_bounds` where the network allows."""
+        if supports(self.net) and self.config.alpha_iterations == 0:
+            with torch.no_grad():
+                return self.bound_stacked(boxes)
         n = len(boxes)
         C = self.C.expand(n, *self.C.shape[1:])
         dp = AlphaDeepPoly(self.net, boxes.lo, boxes.hi)
         with torch.no_grad():
-            dp.compute_intermediate_bounds()
+            dp.compute_intermediate_bounds(boxes.known)
         row_lower = boxes.lower
         if self.config.alpha_iterations > 0:
             row_lower = torch.maximum(row_lower, dp.optimize(
@@ -131,7 +161,23 @@ class InputBranchAndBound:
             linear = const + concretize(A_in, boxes.lo, boxes.hi)
             interval = box_bound_linear(self.net, boxes.lo, boxes.hi, C, dp.node_bounds())
             row_lower = torch.maximum(row_lower, torch.maximum(linear, interval))
-        return BoundedBoxes(row_lower, A_in, argmin_on_box(A_in, boxes.lo, boxes.hi))
+        return BoundedBoxes(row_lower, A_in, argmin_on_box(A_in, boxes.lo, boxes.hi),
+                            {i: dp.bounds[i] for i in boxes.known})
+
+    def bound_stacked(self, boxes: Boxes) -> BoundedBoxes:
+        """Forward intermediate bounds, then the rows of all sub-boxes back-substituted as one stack."""
+        n, m = len(boxes), self.C.shape[1]
+        found = lowdim_bounds(self.net, boxes.lo, boxes.hi, boxes.known)
+        owner = torch.arange(n, device=self.C.device).repeat_interleave(m)
+        A_in, const = backsubstitute_rows(self.net, len(self.net.nodes) - 1, self.C[0].repeat(n, 1), owner,
+                                          found.lines)
+        linear = row_lower(A_in, const, boxes.lo, boxes.hi, owner).view(n, m)
+        interval = box_bound_linear(self.net, boxes.lo, boxes.hi, self.C.expand(n, *self.C.shape[1:]),
+                                    found.node_bounds())
+        A_in = A_in.view(n, m, *A_in.shape[1:])
+        lower = torch.maximum(boxes.lower, torch.maximum(linear, interval))
+        return BoundedBoxes(lower, A_in, argmin_on_box(A_in, boxes.lo, boxes.hi),
+                            {i: found.bounds[i] for i in boxes.known})
 
     # -- branching --------------------------------------------------------------------------------
 
@@ -143,8 +189,10 @@ class InputBranchAndBound:
         excluded = decide.proved(clause_margins(bounded.lower, self.d, self.clause, self.n_clauses))  # (N, n_clauses)
         open_rows = ~excluded[:, self.clause].unsqueeze(-1)  # (N, m, 1)
         smear = (bounded.A_in.flatten(2).abs() * width.unsqueeze(1) * open_rows).sum(1)
-        # dimensions the bound ignores still shrink the intermediate relaxations: width breaks ties
-        return smear + 1e-6 * width
+        reach = width * self.sensitivity
+        wide = reach >= reach.amax(1, keepdim=True) / self.config.reach_ratio
+        # dimensions the bound ignores still shrink the intermediate relaxations: reach breaks ties
+        return (smear + 1e-6 * reach) * wide
 
     @staticmethod
     def split(boxes: Boxes, dim: Tensor) -> Boxes:
@@ -157,7 +205,9 @@ class InputBranchAndBound:
         left_hi[rows, dim] = mid
         right_lo[rows, dim] = mid
         return Boxes(torch.cat([lo, right_lo]).view(shape), torch.cat([left_hi, hi]).view(shape),
-                     boxes.lower.repeat(2, 1), boxes.depth.repeat(2) + 1, boxes.key.repeat(2))
+                     boxes.lower.repeat(2, 1), boxes.depth.repeat(2) + 1, boxes.key.repeat(2),
+                     {i: (lo.repeat(2, *[1] * (lo.dim() - 1)), hi.repeat(2, *[1] * (hi.dim() - 1)))
+                      for i, (lo, hi) in boxes.known.items()})
 
     # -- search -----------------------------------------------------------------------------------
 
@@ -169,7 +219,7 @@ class InputBranchAndBound:
         the children left open still do not fit, it stops with ``unknown`` (``stats["stopped"] = "memory"``).
         """
         todo = Boxes(self.lower, self.upper, torch.full_like(self.d, -torch.inf),
-                     torch.zeros(1, dtype=torch.long, device=self.d.device), self.d.new_zeros(1))
+                     torch.zeros(1, dtype=torch.long, device=self.d.device), self.d.new_zeros(1), self.unbounded())
         queue = Pool(todo, lambda boxes: boxes.key, self.config.max_memory)
         self.stats.update(queue.stats())
         batch_time = 0.0  # of the last batch: the next one is not started if it would end past the deadline
@@ -187,7 +237,7 @@ class InputBranchAndBound:
                 found, concrete = self.probe(kept, kept_bounds)
                 if found is not None:
                     return BaBResult("falsified", found, self.stats)
-                kept.lower = kept_bounds.lower
+                kept.lower, kept.known = kept_bounds.lower, kept_bounds.known
                 kept.key = concrete if self.config.order == "concrete" else margin[open_]
                 children = self.split(kept, self.scores(kept, kept_bounds).argmax(1))
                 if len(children) > queue.room():

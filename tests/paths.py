@@ -36,9 +36,9 @@ def vnncomp_dir() -> Path | None:
     return shared / "benchmarks" / "vnncomp" if shared and (shared / "benchmarks" / "vnncomp").is_dir() else None
 
 
-def mnist_fc_property(net: str, prop: str):
-    """VNN-COMP 2022 mnist_fc's ``mnist-net_{net}.onnx`` and ``{prop}.vnnlib`` as (OnnxModel, PropertyBatch);
-    skips the test when the benchmark is not available."""
+def vnncomp_property(benchmark: str, onnx: str, vnnlib: str):
+    """``onnx`` and ``vnnlib`` (paths inside the VNN-COMP benchmark folder ``benchmark``) as (OnnxModel,
+    PropertyBatch: one property per input box); skips the test when the benchmark is not available."""
     import pytest
 
     from verifier.onnx_import import load_onnx
@@ -47,9 +47,27 @@ def mnist_fc_property(net: str, prop: str):
     from verifier.vnnlib import parse_vnnlib
 
     bench = vnncomp_dir()
-    if bench is None or not (bench / "2022_mnist_fc").is_dir():
-        pytest.skip("VNN-COMP benchmarks not available (set NNCERT_BENCHMARKS)")
-    folder = bench / "2022_mnist_fc"
-    model = load_onnx(folder / "onnx" / f"mnist-net_{net}.onnx")
-    props = parse_vnnlib(folder / "vnnlib" / f"{prop}.vnnlib", n_inputs=None, n_outputs=None)
+    if bench is None or not (bench / benchmark).is_dir():
+        pytest.skip(f"VNN-COMP benchmark {benchmark} not available (set NNCERT_BENCHMARKS)")
+    folder = bench / benchmark
+    model = load_onnx(folder / onnx)
+    props = parse_vnnlib(folder / vnnlib, n_inputs=None, n_outputs=None)
     return model, PropertyBatch.stack(vnnlib_instance(props, model.input_shape, model.output_size).props)
+
+
+def mnist_fc_property(net: str, prop: str):
+    """VNN-COMP 2022 mnist_fc's ``mnist-net_{net}.onnx`` and ``{prop}.vnnlib`` (see :func:`vnncomp_property`)."""
+    return vnncomp_property("2022_mnist_fc", f"onnx/mnist-net_{net}.onnx", f"vnnlib/{prop}.vnnlib")
+
+
+def acasxu_property(net: str, prop: str):
+    """ACAS Xu's ``ACASXU_run2a_{net}_batch_2000.onnx`` and ``{prop}.vnnlib`` (see :func:`vnncomp_property`)."""
+    return vnncomp_property("acasxu", f"onnx/ACASXU_run2a_{net}_batch_2000.onnx", f"vnnlib/{prop}.vnnlib")
+
+
+def reference_result(benchmark: str, onnx: str, vnnlib: str) -> str:
+    """The benchmark's known answer (``sat`` / ``unsat``) from its reference_results.csv."""
+    import csv
+
+    with open(vnncomp_dir() / benchmark / "reference_results.csv") as f:
+        return next(row["best_known"] for row in csv.DictReader(f) if (row["onnx"], row["vnnlib"]) == (onnx, vnnlib))

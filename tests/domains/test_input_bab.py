@@ -10,6 +10,7 @@ from domains.from_torch import network_from_torch
 from domains.input_bab import Boxes, InputBaBConfig, InputBranchAndBound, clause_margins
 from domains.milp import milp_verify
 from domains.mnbab import MNBaBConfig, mnbab_verify, splits_input
+from tests.paths import acasxu_property, reference_result
 from tests.random_nets import fc_model, random_network
 from tests.soundness import concrete_minimum
 from verifier.spec import OutputSpec, robustness_spec
@@ -109,6 +110,27 @@ def test_split_halves_the_chosen_dimension():
     assert children.depth.tolist() == [1, 6, 1, 6]
 
 
+def test_split_children_cover_the_parent_exactly():
+    """Both children share the split point as one float: their union is the parent, with no gap from rounding,
+    also for bounds whose midpoint is not representable (odd last bits, huge magnitudes, subnormal widths)."""
+    g = torch.Generator().manual_seed(0)
+    lo = torch.cat([torch.rand(50, 5, generator=g) * 2 - 1,
+                    torch.tensor([[0.1, -3e38, 1e-40, 0.3, 1.0], [-1.0, 1e30, 0.0, -0.7, 2.0**-20]])])
+    hi = lo + torch.cat([torch.rand(50, 5, generator=g),
+                         torch.tensor([[0.2, 6e38, 1e-45, 1e-7, 2.0**-40], [2.0, 3e30, 1e-45, 0.3, 2.0**-40]])])
+    hi = torch.maximum(hi, lo).nan_to_num(posinf=3.4e38)
+    boxes = Boxes(lo, hi, torch.zeros(len(lo), 1), torch.zeros(len(lo), dtype=torch.long), torch.zeros(len(lo)))
+    for dim in range(5):
+        which = torch.full((len(lo),), dim)
+        children = InputBranchAndBound.split(boxes, which)
+        left, right = children.select(torch.arange(len(lo))), children.select(torch.arange(len(lo), 2 * len(lo)))
+        assert torch.equal(left.lo, lo) and torch.equal(right.hi, hi)
+        assert torch.equal(left.hi[:, dim], right.lo[:, dim])  # the same float on both sides: no gap
+        assert bool(((lo[:, dim] <= left.hi[:, dim]) & (left.hi[:, dim] <= hi[:, dim])).all())
+        others = torch.arange(5) != dim
+        assert torch.equal(left.hi[:, others], hi[:, others]) and torch.equal(right.lo[:, others], lo[:, others])
+
+
 def test_certifies_what_deeppoly_cannot():
     """Properties MILP proves but DeepPoly on the whole box does not: input splitting proves all of them."""
     hard = 0
@@ -184,3 +206,22 @@ def test_memory_cap_bounds_the_queue_and_keeps_verdicts_exact():
                     stopped += 1
     assert capped_below_need > 0  # certified with less room than the uncapped search used
     assert stopped > 0  # and a single slot is too few
+
+
+@pytest.mark.parametrize("net, prop", [("4_5", "prop_10"), ("1_9", "prop_7")])
+def test_acasxu_disjunctive_property_decided_as_known(net, prop):
+    """ACAS Xu properties whose unsafe region is a disjunction of clauses (4 and 2): MN-BaB with input
+    splitting decides them within seconds, as reference_results.csv says; a counterexample holds in
+    onnxruntime on the original model."""
+    model, batch = acasxu_property(net, prop)
+    expected = reference_result("acasxu", f"onnx/ACASXU_run2a_{net}_batch_2000.onnx", f"vnnlib/{prop}.vnnlib")
+    netw = model.network
+    assert len(batch) == 1 and batch.n_clauses >= 2
+    result = mnbab_verify(netw, batch.lower[0], batch.upper[0], batch.C[0], batch.d[0], batch.clause,
+                          time.monotonic() + 60, lambda x: batch.property_margin(netw(x)) <= 0)
+    assert result.status == {"unsat": "certified", "sat": "falsified"}[expected], result.stats
+    if result.status == "falsified":
+        x = result.counterexample
+        assert bool(((x >= batch.lower[0]) & (x <= batch.upper[0])).all())
+        y = torch.as_tensor(model.run(x[None].numpy()))
+        assert bool(batch.property_margin(y)[0] <= 0)

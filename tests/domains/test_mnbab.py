@@ -182,9 +182,13 @@ def test_attack_runs_after_the_root_fails_and_before_branching():
     lower, upper, spec = props[1]
     found = hard.counterexample
     result = mnbab_verify(net, lower, upper, spec.C, spec.d, spec.clause, time.monotonic() + 60,
-                          _is_counterexample(net, spec), attack=lambda deadline: found)
+                          _is_counterexample(net, spec), MNBaBConfig(split="relu"), attack=lambda deadline: found)
     assert result.status == "falsified" and result.stats["stage"] == "attack"
     assert torch.equal(result.counterexample, found)
+    # input splitting searches for counterexamples in its batches instead
+    result = mnbab_verify(net, lower, upper, spec.C, spec.d, spec.clause, time.monotonic() + 60,
+                          _is_counterexample(net, spec), MNBaBConfig(split="input"), attack=attack)
+    assert result.status == "falsified" and calls == [] and result.stats["stage"] == "bab"
 
 
 def test_multineuron_constraints_tighten_the_mnist_fc_root():
