@@ -87,6 +87,8 @@ class Pipeline:
     recheck: bool = True  # guard float32 verdicts against rounding (see registry.run)
 
     def __post_init__(self):
+        for domain in self.domains:
+            registry.check(domain, self.net)
         if not self.recheck or self.net.dtype == torch.float64:
             self.exact = None
         elif self.exact is None:

@@ -84,12 +84,20 @@ def verify_mnbab(net: Network, batch: PropertyBatch, deadline: float, options: O
     return verdicts
 
 
-def verify_milp(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
-    from domains.milp import milp_verify, unsupported_op
+def check(domain: str, net: Network) -> None:
+    """Raise SpecError if ``domain`` cannot verify ``net`` at all (an option to change, not a failed instance)."""
+    if domain == "milp":
+        from domains.milp import unsupported_op
 
-    if unsupported_op(net) is not None:
-        raise SpecError(f"--domain milp cannot encode {unsupported_op(net)} exactly (Sigmoid and Tanh are not "
-                        "piecewise linear); use box, deeppoly or mnbab")
+        if unsupported_op(net) is not None:
+            raise SpecError(f"--domain milp cannot encode {unsupported_op(net)} exactly (Sigmoid and Tanh are not "
+                            "piecewise linear); use box, deeppoly or mnbab")
+
+
+def verify_milp(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
+    from domains.milp import milp_verify
+
+    check("milp", net)
 
     verdicts = []
     for i in range(len(batch)):
