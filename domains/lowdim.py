@@ -33,20 +33,22 @@ from torch import Tensor
 from domains.backsub import backsubstitute, concretize
 from domains.box import Bounds, affine_bounds
 from domains.deeppoly import exact_by_intervals, min_area_lower_slope, triangle_upper
-from domains.network import Monotone, Network, ReLU
+from domains.network import Activation, Monotone, Network, ReLU
 
 
 def supports(net: Network) -> bool:
-    """Whether every op has a forward linear image here (affine ops and ReLU; not the monotone ops)."""
-    return not any(isinstance(node.op, Monotone) for node in net.nodes)
+    """Whether every op has a forward linear image here (affine ops and ReLU; not the other activations or the
+    monotone ops)."""
+    return not any(isinstance(node.op, Monotone | Activation) for node in net.nodes)
 
 
 def input_sensitivity(net: Network) -> Tensor:
-    """How far each input dimension moves the first ReLU's input: the column sums of |W|, W the (affine) map
-    from the input to that node, (n_in,); all ones without a ReLU."""
-    if not net.relu_nodes:
+    """How far each input dimension moves the first nonlinear op's input: the column sums of |W|, W the (affine)
+    map from the input to that node, (n_in,); all ones without a nonlinear op."""
+    nonlinear = [node for node in net.nodes[1:] if isinstance(node.op, ReLU | Activation | Monotone)]
+    if not nonlinear:
         return torch.ones(math.prod(net.input_shape), dtype=net.dtype, device=net.device)
-    first = net.nodes[net.relu_nodes[0]].inputs[0]
+    first = nonlinear[0].inputs[0]
     size = math.prod(net.shapes[first])
     eye = torch.eye(size, dtype=net.dtype, device=net.device).view(1, size, *net.shapes[first])
     A_in, _ = backsubstitute(net, first, eye, {})
