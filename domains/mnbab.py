@@ -61,6 +61,12 @@ class MNBaBConfig:
     # a node whose searches closed less than this share of the negative margins leaves the later passes
     intermediate_bab_drop: float = 0.01
     intermediate_bab_config: IntermediateBaBConfig = field(default_factory=IntermediateBaBConfig)
+    # Where the multi-neuron groups and the intermediate bounds' searches pay, by layer shape: only on ReLU layers
+    # with at most this many unstable neurons at the root. The groups are drawn from a layer's 30 most unstable
+    # neurons and a search splits a few dozen leaves per bound, so on a wider layer they move its bounds little
+    # for their cost (hulls, multipliers in every later bound, a search per bound). mnist_fc's layers have at
+    # most 64 unstable neurons, CIFAR-10 conv layers 100-300; measured: benchmarks/results/conv_profile.md
+    narrow_layer_unstable: int = 90
     # restarts of the counterexample search before branch-and-bound (0: none): the pipeline's 5 can miss one
     # that 50 find in under a second (benchmarks/README.md, "MN-BaB defaults and what measured them")
     attack_restarts: int = 50
@@ -84,20 +90,31 @@ def splits_input(config: MNBaBConfig, n_inputs: int) -> bool:
     return config.split == "input" or (config.split == "auto" and n_inputs <= INPUT_SPLIT_MAX_DIMS)
 
 
+def wide_layers(dp: DeepPoly, config: MNBaBConfig) -> set[int]:
+    """Pre-activation nodes of a single-sample ``dp`` with more than ``config.narrow_layer_unstable`` unstable
+    neurons: no multi-neuron groups and no intermediate searches there."""
+    pre = (dp.net.nodes[relu].inputs[0] for relu in dp.net.relu_nodes)
+    return {node for node in pre
+            if int(((dp.bounds[node][0] < 0) & (dp.bounds[node][1] > 0)).sum()) > config.narrow_layer_unstable}
+
+
 def multineuron_constraints(dp: DeepPoly, config: MNBaBConfig, deadline: float = math.inf
                             ) -> dict[int, LayerConstraints]:
-    """Constraints over groups of unstable ReLUs of every layer, for one input box (N = 1).
+    """Constraints over groups of unstable ReLUs of every layer but the wide ones (:func:`wide_layers`), for one
+    input box (N = 1).
 
     Layers (and groups) not reached by the ``deadline`` get none: fewer constraints, still sound.
     """
     plain = DeepPoly(dp.net, dp.lower, dp.upper)  # default slopes for the octahedral queries
     plain.bounds, plain.upper_lines = dp.bounds, dp.upper_lines
     directions = octahedral_directions(config.k).to(dp.lower)  # (D, k)
-    out = {}
+    out, wide = {}, wide_layers(dp, config)
     for relu in dp.net.relu_nodes:
         if time.monotonic() > deadline:
             break
         pre = dp.net.nodes[relu].inputs[0]
+        if pre in wide:
+            continue
         lo, hi = (t[0].flatten() for t in dp.bounds[pre])
         groups = select_groups(lo, hi, k=config.k, max_groups=config.max_groups)  # (G, k)
         if len(groups) == 0:
@@ -143,10 +160,13 @@ def root_bounds(net: Network, lower: Tensor, upper: Tensor, C: Tensor, config: M
         dp.constraints = multineuron_constraints(dp, config, now + config.multineuron_share * (deadline - now))
         stats["multineuron_constraints"] = sum(len(c) for c in dp.constraints.values())
         dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
-        dp.intermediate_gamma = config.multineuron_intermediate
+        # the intermediate bounds move only if a constraint precedes one (else this would be more alpha steps)
+        intermediate = (config.multineuron_intermediate
+                        and min(dp.constraints, default=math.inf) < max(dp.refine_idx, default=0))
+        dp.intermediate_gamma = intermediate
         if dp.gamma:
             bound = torch.maximum(bound, dp.optimize(C, config.gamma_iterations, config.lr_alpha,
-                                                     intermediate=config.multineuron_intermediate,
+                                                     intermediate=intermediate,
                                                      done=stop_by(deadline, decided),
                                                      lr_of={"gamma": config.lr_gamma}))
     return dp, bound
@@ -164,7 +184,8 @@ def tighten_root(dp: SplitDeepPoly, C: Tensor, bound: Tensor, margins: Callable[
     unstable neuron's bounds, the deeper ones only the bounds the negative
     margins depend on most (``intermediate_bab_focus``), of the nodes whose
     searches closed at least ``intermediate_bab_drop`` of the negative
-    margins' sum in every pass before. The passes stop once
+    margins' sum in every pass before; the bounds of wide layers (:func:`wide_layers`) and
+    of the layers after one are not searched. The passes stop once
     the worst margin is positive, a pass closes less than
     ``intermediate_bab_deepen`` of the negative margin it started from, or
     ``intermediate_bab_share`` of the time left is spent.
@@ -178,7 +199,11 @@ def tighten_root(dp: SplitDeepPoly, C: Tensor, bound: Tensor, margins: Callable[
     def objective(dp: SplitDeepPoly) -> Tensor:
         return margins(dp.linear_lower(dp.output, C)).clamp(max=0).sum()
 
-    skip: set[int] = set()
+    # a search splits the layers before its node: behind a wide layer it moves the bound as little as on one
+    first_wide = min(wide_layers(dp, config), default=math.inf)
+    skip = {node for node in dp.refine_idx if node >= first_wide}
+    if set(dp.refine_idx) <= skip:
+        return best
     while True:
         gains = tighten(dp, search, stop, objective, focus, skip)
         skip |= {node for node, gain in gains.items() if gain < config.intermediate_bab_drop}
