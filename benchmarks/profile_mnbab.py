@@ -56,10 +56,7 @@ class StageClock:
 
 
 def optimize_stage(args, kwargs) -> str:
-    dp = args[0]
-    if kwargs.get("intermediate") is False:
-        return "final multipliers after searches"
-    return "gamma (multi-neuron multipliers)" if dp.gamma else "alpha (slopes)"
+    return "gamma and final multipliers" if args[0].gamma else "alpha (slopes)"
 
 
 def instrument(clock: StageClock) -> None:
