@@ -70,9 +70,18 @@ class MNBaBConfig:
     # a node whose searches closed less than this share of the negative margins leaves the later passes
     intermediate_bab_drop: float = 0.01
     intermediate_bab_config: IntermediateBaBConfig = field(default_factory=IntermediateBaBConfig)
+    # Where the multi-neuron groups and the intermediate bounds' searches pay, by layer shape: only on ReLU layers
+    # with at most this many unstable neurons at the root. The groups are drawn from a layer's 30 most unstable
+    # neurons and a search splits a few dozen leaves per bound, so on a wider layer they move its bounds little
+    # for their cost (hulls, multipliers in every later bound, a search per bound). mnist_fc's layers have at
+    # most 64 unstable neurons, CIFAR-10 conv layers 100-300; measured: benchmarks/results/conv_profile.md
+    narrow_layer_unstable: int = 90
     # restarts of the counterexample search before branch-and-bound (0: none): the pipeline's 5 can miss one
     # that 50 find in under a second (benchmarks/README.md, "MN-BaB defaults and what measured them")
     attack_restarts: int = 50
+    # ... within at most this share of the time left: on a CIFAR-10 conv net the 50 restarts take 3.6 s of CPU
+    # (oval21 cifar_base_kw), half of a 15 s budget that branch-and-bound needs (conv_profile.md)
+    attack_share: float = 0.1
     bab: bool = True
     bab_config: BaBConfig = field(default_factory=BaBConfig)
     # bytes the root's optimisations may take (None: no cap): nodes whose per-row slopes would not fit keep their
@@ -96,20 +105,31 @@ def splits_input(config: MNBaBConfig, n_inputs: int) -> bool:
     return config.split == "input" or (config.split == "auto" and n_inputs <= INPUT_SPLIT_MAX_DIMS)
 
 
+def wide_layers(dp: DeepPoly, config: MNBaBConfig) -> set[int]:
+    """Pre-activation nodes of a single-sample ``dp`` with more than ``config.narrow_layer_unstable`` unstable
+    neurons: no multi-neuron groups and no intermediate searches there."""
+    pre = (dp.net.nodes[relu].inputs[0] for relu in dp.net.relu_nodes)
+    return {node for node in pre
+            if int(((dp.bounds[node][0] < 0) & (dp.bounds[node][1] > 0)).sum()) > config.narrow_layer_unstable}
+
+
 def multineuron_constraints(dp: DeepPoly, config: MNBaBConfig, deadline: float = math.inf
                             ) -> dict[int, LayerConstraints]:
-    """Constraints over groups of unstable ReLUs of every layer, for one input box (N = 1).
+    """Constraints over groups of unstable ReLUs of every layer but the wide ones (:func:`wide_layers`), for one
+    input box (N = 1).
 
     Layers (and groups) not reached by the ``deadline`` get none: fewer constraints, still sound.
     """
     plain = DeepPoly(dp.net, dp.lower, dp.upper)  # default slopes for the octahedral queries
     plain.bounds, plain.upper_lines = dp.bounds, dp.upper_lines
     directions = octahedral_directions(config.k).to(dp.lower)  # (D, k)
-    out = {}
+    out, wide = {}, wide_layers(dp, config)
     for relu in dp.net.relu_nodes:
         if time.monotonic() > deadline:
             break
         pre = dp.net.nodes[relu].inputs[0]
+        if pre in wide:
+            continue
         lo, hi = (t[0].flatten() for t in dp.bounds[pre])
         groups = select_groups(lo, hi, k=config.k, max_groups=config.max_groups)  # (G, k)
         if len(groups) == 0:
@@ -163,10 +183,13 @@ def root_bounds(net: Network, lower: Tensor, upper: Tensor, C: Tensor, config: M
         dp.constraints = multineuron_constraints(dp, config, now + config.multineuron_share * (deadline - now))
         stats["multineuron_constraints"] = sum(len(c) for c in dp.constraints.values())
         dp.gamma = {r: C.new_zeros(1, C.shape[1], len(c)) for r, c in dp.constraints.items()}
-        dp.intermediate_gamma = config.multineuron_intermediate
+        # the intermediate bounds move only if a constraint precedes one (else this would be more alpha steps)
+        intermediate = (config.multineuron_intermediate
+                        and min(dp.constraints, default=math.inf) < max(dp.refine_idx, default=0))
+        dp.intermediate_gamma = intermediate
         if dp.gamma:
             bound = torch.maximum(bound, dp.optimize(C, config.gamma_iterations, config.lr_alpha,
-                                                     intermediate=config.multineuron_intermediate,
+                                                     intermediate=intermediate,
                                                      done=StopBy(deadline, decided, first_step=stop.step),
                                                      lr_of={"gamma": config.lr_gamma}))
     return dp, bound
@@ -184,7 +207,8 @@ def tighten_root(dp: SplitDeepPoly, C: Tensor, bound: Tensor, margins: Callable[
     unstable neuron's bounds, the deeper ones only the bounds the negative
     margins depend on most (``intermediate_bab_focus``), of the nodes whose
     searches closed at least ``intermediate_bab_drop`` of the negative
-    margins' sum in every pass before. The passes stop once
+    margins' sum in every pass before; the bounds of wide layers (:func:`wide_layers`) and
+    of the layers after one are not searched. The passes stop once
     the worst margin is positive, a pass closes less than
     ``intermediate_bab_deepen`` of the negative margin it started from, or
     ``intermediate_bab_share`` of the time left is spent.
@@ -198,7 +222,11 @@ def tighten_root(dp: SplitDeepPoly, C: Tensor, bound: Tensor, margins: Callable[
     def objective(dp: SplitDeepPoly) -> Tensor:
         return margins(dp.linear_lower(dp.output, C)).clamp(max=0).sum()
 
-    skip: set[int] = set()
+    # a search splits the layers before its node: behind a wide layer it moves the bound as little as on one
+    first_wide = min(wide_layers(dp, config), default=math.inf)
+    skip = {node for node in dp.refine_idx if node >= first_wide}
+    if set(dp.refine_idx) <= skip:
+        return best
     while True:
         gains = tighten(dp, search, stop, objective, focus, skip)
         skip |= {node for node, gain in gains.items() if gain < config.intermediate_bab_drop}
@@ -256,7 +284,8 @@ def mnbab_verify(net: Network, lower: Tensor, upper: Tensor, C: Tensor, d: Tenso
     # the whole box miss ACAS Xu's: on 1_3 prop_2 50 restarts fail in 2.9 s, the search finds one in 1.1 s
     if attack is not None and config.bab and not input_split:
         stats["stage"] = "attack"
-        found = attack(deadline)
+        now = time.monotonic()
+        found = attack(now + config.attack_share * (deadline - now))
         if found is not None:
             return BaBResult("falsified", found, stats)
     if not input_split and config.intermediate_bab_share > 0 and time.monotonic() < deadline:

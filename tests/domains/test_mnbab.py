@@ -422,3 +422,41 @@ def test_leaky_relus_are_split_like_relus():
         split += sum(b["subproblems"] for b in result.stats.get("bab", []))
         assert all(not b.get("exact_leaves") for b in result.stats.get("bab", []))
     assert split > 0
+
+
+def test_wide_layers_get_no_multineuron_groups_and_no_searches_behind_them():
+    """A layer with more unstable neurons than ``narrow_layer_unstable`` gets no groups; the later layers'
+    bounds are not searched either, while with a threshold above every layer both run everywhere."""
+    net, props = _properties("fc", 0, [0.15])
+    lower, upper, spec = props[0]
+    C = spec.C.unsqueeze(0)
+    dp, _ = root_bounds(net, lower, upper, C, MNBaBConfig(multineuron=False))
+    pre = [net.nodes[r].inputs[0] for r in net.relu_nodes]
+    unstable = {p: int(((dp.bounds[p][0] < 0) & (dp.bounds[p][1] > 0)).sum()) for p in pre}
+    assert min(unstable.values()) >= 3  # every layer can form a group of 3
+    threshold = unstable[pre[0]] - 1  # the first layer is wide
+    config = MNBaBConfig(narrow_layer_unstable=threshold)
+    assert mnbab.wide_layers(dp, config) == {p for p in pre if unstable[p] > threshold}
+    narrow = mnbab.multineuron_constraints(dp, MNBaBConfig(narrow_layer_unstable=max(unstable.values())))
+    wide = mnbab.multineuron_constraints(dp, config)
+    assert set(narrow) == set(net.relu_nodes)
+    assert set(wide) == {r for r, p in zip(net.relu_nodes, pre) if unstable[p] <= threshold}
+    n_clauses = int(spec.clause.max()) + 1
+
+    def searched_nodes(config):
+        calls = []
+
+        def tighten(dp, search, stop, objective, focus, skip):
+            calls.append(set(dp.refine_idx) - set(skip))
+            return {}
+
+        tighten_before, mnbab.tighten = mnbab.tighten, tighten
+        try:
+            tighten_root(dp, C, dp.bound(C), lambda b: clause_margins(b, spec.d[None], spec.clause, n_clauses)[0],
+                         config, time.monotonic() + 60)
+        finally:
+            mnbab.tighten = tighten_before
+        return calls
+
+    assert searched_nodes(MNBaBConfig(narrow_layer_unstable=max(unstable.values())))[0] == set(dp.refine_idx)
+    assert searched_nodes(config) == []  # every refined bound lies behind the wide first layer
