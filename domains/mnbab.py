@@ -70,11 +70,12 @@ class MNBaBConfig:
     # a node whose searches closed less than this share of the negative margins leaves the later passes
     intermediate_bab_drop: float = 0.01
     intermediate_bab_config: IntermediateBaBConfig = field(default_factory=IntermediateBaBConfig)
-    # Where the multi-neuron groups and the intermediate bounds' searches pay, by layer shape: only on ReLU layers
-    # with at most this many unstable neurons at the root. The groups are drawn from a layer's 30 most unstable
-    # neurons and a search splits a few dozen leaves per bound, so on a wider layer they move its bounds little
-    # for their cost (hulls, multipliers in every later bound, a search per bound). mnist_fc's layers have at
-    # most 64 unstable neurons, CIFAR-10 conv layers 100-300; measured: benchmarks/results/conv_profile.md
+    # Where the multi-neuron groups and the intermediate bounds' searches pay, by layer shape: not on a
+    # convolution's ReLU layer (a feature map) with more than this many unstable neurons at the root, nor behind
+    # one. Groups are drawn from a layer's 30 most unstable neurons and a search splits a few dozen leaves per
+    # bound: on CIFAR-10 conv layers (100-300 unstable) they cost much and moved little
+    # (benchmarks/results/conv_profile.md), while on MLPs searching layers of up to 256 unstable neurons is what
+    # proves mnist_fc's hard instances (benchmarks/README.md, "VNN-COMP 2022 mnist_fc")
     narrow_layer_unstable: int = 90
     # restarts of the counterexample search before branch-and-bound (0: none): the pipeline's 5 can miss one
     # that 50 find in under a second (benchmarks/README.md, "MN-BaB defaults and what measured them")
@@ -106,11 +107,12 @@ def splits_input(config: MNBaBConfig, n_inputs: int) -> bool:
 
 
 def wide_layers(dp: DeepPoly, config: MNBaBConfig) -> set[int]:
-    """Pre-activation nodes of a single-sample ``dp`` with more than ``config.narrow_layer_unstable`` unstable
-    neurons: no multi-neuron groups and no intermediate searches there."""
+    """Pre-activation feature maps (C, H, W) of a single-sample ``dp`` with more than
+    ``config.narrow_layer_unstable`` unstable neurons: no multi-neuron groups and no intermediate searches there
+    or behind them."""
     pre = (dp.net.nodes[relu].inputs[0] for relu in dp.net.relu_nodes)
-    return {node for node in pre
-            if int(((dp.bounds[node][0] < 0) & (dp.bounds[node][1] > 0)).sum()) > config.narrow_layer_unstable}
+    return {node for node in pre if len(dp.net.shapes[node]) > 1
+            and int(((dp.bounds[node][0] < 0) & (dp.bounds[node][1] > 0)).sum()) > config.narrow_layer_unstable}
 
 
 def multineuron_constraints(dp: DeepPoly, config: MNBaBConfig, deadline: float = math.inf

@@ -424,10 +424,19 @@ def test_leaky_relus_are_split_like_relus():
     assert split > 0
 
 
+def test_fully_connected_layers_are_never_wide():
+    """The wide-layer rule is for feature maps: an MLP's layers keep their groups and searches at any width."""
+    net, props = _properties("fc", 0, [0.15])
+    lower, upper, spec = props[0]
+    dp, _ = root_bounds(net, lower, upper, spec.C.unsqueeze(0), MNBaBConfig(multineuron=False))
+    assert any(((lo < 0) & (hi > 0)).any() for lo, hi in dp.bounds.values())
+    assert mnbab.wide_layers(dp, MNBaBConfig(narrow_layer_unstable=0)) == set()
+
+
 def test_wide_layers_get_no_multineuron_groups_and_no_searches_behind_them():
     """A layer with more unstable neurons than ``narrow_layer_unstable`` gets no groups; the later layers'
     bounds are not searched either, while with a threshold above every layer both run everywhere."""
-    net, props = _properties("fc", 0, [0.15])
+    net, props = _properties("conv", 0, [0.15])
     lower, upper, spec = props[0]
     C = spec.C.unsqueeze(0)
     dp, _ = root_bounds(net, lower, upper, C, MNBaBConfig(multineuron=False))
