@@ -33,14 +33,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli.certify import demo_files  # noqa: E402
-from domains.bab import BaBConfig  # noqa: E402
-from domains.mnbab import MNBaBConfig  # noqa: E402
-from verifier.certify import Pipeline  # noqa: E402
-from verifier.onnx_import import load_onnx  # noqa: E402
-from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz  # noqa: E402
-from verifier.registry import Options  # noqa: E402
-from verifier.results import command_line, summarize, versions  # noqa: E402
+from nncert.cli.certify import demo_files  # noqa: E402
+from nncert.domains.bab import BaBConfig  # noqa: E402
+from nncert.domains.mnbab import MNBaBConfig  # noqa: E402
+from nncert.verifier.certify import Pipeline  # noqa: E402
+from nncert.verifier.onnx_import import load_onnx  # noqa: E402
+from nncert.verifier.problems import adapt_to_images, linf_instances, load_inputs_npz  # noqa: E402
+from nncert.verifier.registry import Options  # noqa: E402
+from nncert.verifier.results import command_line, summarize, versions  # noqa: E402
 
 VARIANTS = {
     "deeppoly": ("deeppoly", MNBaBConfig()),

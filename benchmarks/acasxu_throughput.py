@@ -30,11 +30,11 @@ PROBE = """
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from domains.input_bab import InputBaBConfig, InputBranchAndBound
-from verifier.onnx_import import load_onnx
-from verifier.problems import vnnlib_instance
-from verifier.spec import PropertyBatch
-from verifier.vnnlib import parse_vnnlib
+from nncert.domains.input_bab import InputBaBConfig, InputBranchAndBound
+from nncert.verifier.onnx_import import load_onnx
+from nncert.verifier.problems import vnnlib_instance
+from nncert.verifier.spec import PropertyBatch
+from nncert.verifier.vnnlib import parse_vnnlib
 
 folder, net_name, prop, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 model = load_onnx(f"{folder}/onnx/ACASXU_run2a_{net_name}_batch_2000.onnx")
@@ -59,7 +59,7 @@ print(json.dumps({"status": status, "boxes": boxes, "seconds": spent}))
 
 # The same sub-boxes for both codes: a grid over the first input box, bounded batch by batch.
 GRID = PROBE.split("boxes, spent")[0] + """
-from domains.input_bab import Boxes
+from nncert.domains.input_bab import Boxes
 grid = int(sys.argv[5])
 spec = batch[[0]]
 steps = [torch.linspace(0, 1, grid + 1)] * spec.lower[0].numel()
@@ -83,6 +83,8 @@ def run_probe(tree: Path, folder: Path, prop: str, seconds: float, grid: int = 0
     net_name, name = prop.split(":")
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     code, extra = (GRID, [str(grid)]) if grid else (PROBE, [])
+    if not (tree / "nncert").is_dir():  # a revision from before the nncert namespace
+        code = code.replace("from nncert.", "from ")
     out = subprocess.run([sys.executable, "-c", code, str(folder), net_name, name, str(seconds), *extra],
                          cwd=tree, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -33,13 +33,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli.certify import demo_files  # noqa: E402
-from domains import box  # noqa: E402
-from domains.deeppoly import DeepPoly  # noqa: E402
-from verifier.onnx_import import load_onnx  # noqa: E402
-from verifier.problems import adapt_to_images, load_inputs_npz  # noqa: E402
-from verifier.results import command_line, versions  # noqa: E402
-from verifier.spec import linf_ball, robustness_spec  # noqa: E402
+from nncert.cli.certify import demo_files  # noqa: E402
+from nncert.domains import box  # noqa: E402
+from nncert.domains.deeppoly import DeepPoly  # noqa: E402
+from nncert.verifier.onnx_import import load_onnx  # noqa: E402
+from nncert.verifier.problems import adapt_to_images, load_inputs_npz  # noqa: E402
+from nncert.verifier.results import command_line, versions  # noqa: E402
+from nncert.verifier.spec import linf_ball, robustness_spec  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:

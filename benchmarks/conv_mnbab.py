@@ -34,8 +34,8 @@ def main() -> None:
     time.monotonic = time.process_time  # every deadline of the verifier becomes a CPU-time deadline
     import torch
 
-    from verifier.api import certify_vnnlib
-    from verifier.onnx_import import load_onnx
+    from nncert.verifier.api import certify_vnnlib
+    from nncert.verifier.onnx_import import load_onnx
 
     torch.set_num_threads(1)
     bench = Path(args.benchmark)

@@ -32,12 +32,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli.certify import demo_files  # noqa: E402
-from verifier.certify import Pipeline  # noqa: E402
-from verifier.onnx_import import load_onnx  # noqa: E402
-from verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance  # noqa: E402
-from verifier.results import command_line, versions  # noqa: E402
-from verifier.vnnlib import parse_vnnlib  # noqa: E402
+from nncert.cli.certify import demo_files  # noqa: E402
+from nncert.verifier.certify import Pipeline  # noqa: E402
+from nncert.verifier.onnx_import import load_onnx  # noqa: E402
+from nncert.verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance  # noqa: E402
+from nncert.verifier.results import command_line, versions  # noqa: E402
+from nncert.verifier.vnnlib import parse_vnnlib  # noqa: E402
 
 MODES = ("float32", "guarded", "float64")
 UNSAT_SAT = {"certified": "unsat", "falsified": "sat"}

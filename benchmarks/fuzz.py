@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, given, seed, settings
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from nncert.verifier.results import command_line, versions  # noqa: E402
 from tests.verifier import test_onnx_fuzz, test_vnnlib  # noqa: E402
-from verifier.results import command_line, versions  # noqa: E402
 
 
 def targets(folder: Path) -> dict[str, tuple[Callable, dict]]:

@@ -8,7 +8,7 @@ Cases:
   square of the width (issue 31);
 - ``mnist_fc``: two VNN-COMP 2022 mnist_fc 256x4 instances that MN-BaB decides, to show no regression.
 
-Each run is a fresh ``python -m cli.certify`` with ``--threads 1`` in the source tree of its version; the
+Each run is a fresh ``python -m nncert.cli.certify`` with ``--threads 1`` in the source tree of its version; the
 wall time (process start to exit, including imports and model loading), the time the results file reports
 and the peak resident set size (``ru_maxrss`` of that child) are recorded. A run whose RSS passes
 ``--kill-above`` is killed (recorded as such) to protect the machine.
@@ -65,7 +65,7 @@ def run(tree: Path, args: list[str], kill_above: int) -> dict:
     """One certify run in source tree ``tree``: status, reported and wall seconds, peak RSS."""
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "stderr", "w+") as err:
         out = Path(tmp) / "r.json"
-        command = [sys.executable, "-m", "cli.certify", *args, "--threads", "1", "--quiet", "--json", str(out)]
+        command = [sys.executable, "-m", "nncert.cli.certify", *args, "--threads", "1", "--quiet", "--json", str(out)]
         start = time.monotonic()
         child = subprocess.Popen(command, cwd=tree, stdout=subprocess.DEVNULL, stderr=err)
         killed = threading.Event()

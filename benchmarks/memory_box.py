@@ -32,13 +32,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli.certify import demo_files  # noqa: E402
-from training.datasets import load_dataset  # noqa: E402
-from verifier.certify import Pipeline  # noqa: E402
-from verifier.onnx_import import load_onnx  # noqa: E402
-from verifier.problems import adapt_to_images, linf_instances  # noqa: E402
-from verifier.results import ResultsFile, command_line, versions  # noqa: E402
-from verifier.run import certify_instances  # noqa: E402
+from nncert.cli.certify import demo_files  # noqa: E402
+from nncert.training.datasets import load_dataset  # noqa: E402
+from nncert.verifier.certify import Pipeline  # noqa: E402
+from nncert.verifier.onnx_import import load_onnx  # noqa: E402
+from nncert.verifier.problems import adapt_to_images, linf_instances  # noqa: E402
+from nncert.verifier.results import ResultsFile, command_line, versions  # noqa: E402
+from nncert.verifier.run import certify_instances  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

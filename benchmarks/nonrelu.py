@@ -33,10 +33,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from cli.certify import main as certify  # noqa: E402
-from domains.from_torch import Normalize  # noqa: E402
-from training.datasets import MEAN, STD, load_dataset  # noqa: E402
-from verifier.results import command_line, versions  # noqa: E402
+from nncert.cli.certify import main as certify  # noqa: E402
+from nncert.domains.from_torch import Normalize  # noqa: E402
+from nncert.training.datasets import MEAN, STD, load_dataset  # noqa: E402
+from nncert.verifier.results import command_line, versions  # noqa: E402
 
 DOMAINS = ("box", "deeppoly", "mnbab")
 

@@ -54,16 +54,16 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli.certify import demo_files  # noqa: E402
-from domains.alpha import AlphaDeepPoly  # noqa: E402
-from domains.deeppoly import DeepPoly  # noqa: E402
-from domains.network import Conv2d, ElementwiseAffine, Linear, Network, ReLU, Reshape  # noqa: E402
-from verifier.instances import read_instances  # noqa: E402
-from verifier.onnx_import import load_onnx  # noqa: E402
-from verifier.problems import adapt_to_images, load_inputs_npz, vnnlib_instance  # noqa: E402
-from verifier.results import command_line, versions  # noqa: E402
-from verifier.spec import linf_ball, robustness_spec  # noqa: E402
-from verifier.vnnlib import parse_vnnlib  # noqa: E402
+from nncert.cli.certify import demo_files  # noqa: E402
+from nncert.domains.alpha import AlphaDeepPoly  # noqa: E402
+from nncert.domains.deeppoly import DeepPoly  # noqa: E402
+from nncert.domains.network import Conv2d, ElementwiseAffine, Linear, Network, ReLU, Reshape  # noqa: E402
+from nncert.verifier.instances import read_instances  # noqa: E402
+from nncert.verifier.onnx_import import load_onnx  # noqa: E402
+from nncert.verifier.problems import adapt_to_images, load_inputs_npz, vnnlib_instance  # noqa: E402
+from nncert.verifier.results import command_line, versions  # noqa: E402
+from nncert.verifier.spec import linf_ball, robustness_spec  # noqa: E402
+from nncert.verifier.vnnlib import parse_vnnlib  # noqa: E402
 
 ALPHA_ITERATIONS, ALPHA_LR = 20, 0.1  # the pipeline's alpha settings (domains/mnbab.py), given to both tools
 README = "see benchmarks/README.md, 'Installing and running the peers'"
@@ -352,7 +352,7 @@ def run_abcrown(abcrown: Path, peer_path: str | None, bench: Path, n: int, args,
 def run_ours(bench: Path, timeout: float, threads: int, workdir: Path) -> tuple[list, float]:
     """``certify --instances`` on every instance of ``bench`` (a :func:`linked_benchmark` folder)."""
     out = workdir / "ours.csv"
-    command = [sys.executable, "-m", "cli.certify", "--instances", str(bench / "instances.csv"), "--domain",
+    command = [sys.executable, "-m", "nncert.cli.certify", "--instances", str(bench / "instances.csv"), "--domain",
                "mnbab", "--timeout", str(timeout), "--threads", str(threads), "--out", str(out), "--quiet"]
     start_time = time.perf_counter()
     with open(workdir / "ours.log", "w") as log:

@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import domains.mnbab as mnbab  # noqa: E402
-import verifier.registry as registry  # noqa: E402
-from domains.bab import SplitDeepPoly  # noqa: E402
-from verifier.onnx_import import load_onnx  # noqa: E402
-from verifier.problems import vnnlib_instance  # noqa: E402
-from verifier.spec import PropertyBatch  # noqa: E402
-from verifier.vnnlib import parse_vnnlib  # noqa: E402
+import nncert.domains.mnbab as mnbab  # noqa: E402
+import nncert.verifier.registry as registry  # noqa: E402
+from nncert.domains.bab import SplitDeepPoly  # noqa: E402
+from nncert.verifier.onnx_import import load_onnx  # noqa: E402
+from nncert.verifier.problems import vnnlib_instance  # noqa: E402
+from nncert.verifier.spec import PropertyBatch  # noqa: E402
+from nncert.verifier.vnnlib import parse_vnnlib  # noqa: E402
 
 
 class StageClock:

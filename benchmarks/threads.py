@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from verifier.results import command_line, versions  # noqa: E402
+from nncert.verifier.results import command_line, versions  # noqa: E402
 
 BUSY_LOOP = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 
@@ -47,7 +47,7 @@ def run_demo(args: list[str], env: dict[str, str], busy: bool, limit: float) -> 
         out = Path(tmp) / "demo.json"
         start = time.perf_counter()
         try:
-            done = subprocess.run([sys.executable, "-m", "cli.certify", "--quiet", "--json", str(out), *args],
+            done = subprocess.run([sys.executable, "-m", "nncert.cli.certify", "--quiet", "--json", str(out), *args],
                                   cwd=REPO, env={**os.environ, **env}, capture_output=True, timeout=limit)
             ok = done.returncode == 0
         except subprocess.TimeoutExpired:

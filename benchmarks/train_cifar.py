@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from benchmarks.train_mnist import robust_epoch_time  # noqa: E402
-from training.datasets import SHAPE, load_eran_csv  # noqa: E402
+from nncert.training.datasets import SHAPE, load_eran_csv  # noqa: E402
 
 METHODS = ("std", "ibp", "sabr", "mtl-ibp")
 
@@ -89,7 +89,8 @@ def run_dir(args: argparse.Namespace, method: str, eps: str) -> Path:
 
 
 def train_command(args: argparse.Namespace, method: str, eps: str) -> list[str]:
-    command = [sys.executable, "-m", "cli.train", "--method", method, "--dataset", "cifar10", "--model", args.model,
+    command = [sys.executable, "-m", "nncert.cli.train", "--method", method, "--dataset", "cifar10",
+               "--model", args.model,
                "--eps", eps, "--eval-subset", "1000", "--seed", str(args.seed),
                "--threads", str(args.threads), "--out", str(run_dir(args, method, eps)), "--quiet"]
     command += ["--data-dir", args.data_dir] if args.data_dir else []
@@ -125,7 +126,7 @@ def eran_inputs(args: argparse.Namespace) -> Path:
 def certify(args: argparse.Namespace, model: Path, eps: str, name: str, source: list[str], domains: str) -> dict:
     """certify's summary of ``model`` at ``eps`` on ``source`` (resumes an interrupted run)."""
     out = model.parent / f"certify_{name}_{eps_tag(eps)}.json"
-    command = [sys.executable, "-m", "cli.certify", str(model), "--eps", eps, *source, "--domain", domains,
+    command = [sys.executable, "-m", "nncert.cli.certify", str(model), "--eps", eps, *source, "--domain", domains,
                "--timeout", str(args.certify_timeout), "--seed", str(args.seed), "--threads", str(args.threads),
                "--json", str(out), "--quiet"] + (["--resume"] if out.exists() else [])
     with open(out.with_suffix(".log"), "w") as log:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from cli.train import eps_value  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.trainer import read_metrics, train, versions  # noqa: E402
+from nncert.cli.train import eps_value  # noqa: E402
+from nncert.training.config import TrainConfig  # noqa: E402
+from nncert.training.trainer import read_metrics, train, versions  # noqa: E402
 
 # name -> (method, extra TrainConfig fields)
 METHODS = {"std": ("std", {}), "ibp": ("ibp", {}), "sabr": ("sabr", {}), "sabr-1": ("sabr", {"pgd_steps": 1}),

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from training.abscert import claimed_vs_sound  # noqa: E402
-from training.trainer import read_metrics  # noqa: E402
+from nncert.training.abscert import claimed_vs_sound  # noqa: E402
+from nncert.training.trainer import read_metrics  # noqa: E402
 
 METHODS = ("std", "ibp", "sabr", "abscert")
 CERTIFIED_METHODS = ("ibp", "sabr", "abscert")
@@ -70,7 +70,8 @@ def methods_value(text: str) -> tuple[str, ...]:
 
 
 def train_command(args: argparse.Namespace, method: str) -> list[str]:
-    command = [sys.executable, "-m", "cli.train", "--method", method, "--dataset", "mnist", "--model", args.model,
+    command = [sys.executable, "-m", "nncert.cli.train", "--method", method, "--dataset", "mnist",
+               "--model", args.model,
                "--eps", args.eps, "--epochs", str(args.epochs), "--eval-subset", str(args.eval_subset),
                "--seed", str(args.seed), "--out", str(Path(args.out) / method), "--quiet"]
     command += ["--data-dir", args.data_dir] if args.data_dir else []
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace, method: str) -> float:
 def certify(args: argparse.Namespace, method: str) -> dict:
     """certify's summary of the method's model on the evaluation images (resumes an interrupted run)."""
     run_dir = Path(args.out) / method
-    command = [sys.executable, "-m", "cli.certify", str(run_dir / "model.onnx"), "--dataset", "mnist",
+    command = [sys.executable, "-m", "nncert.cli.certify", str(run_dir / "model.onnx"), "--dataset", "mnist",
                "--eps", args.eps, "--num", str(args.eval_subset), "--domain", args.certify_domains,
                "--timeout", str(args.certify_timeout), "--seed", str(args.seed), "--json",
                str(run_dir / "certify.json"), "--resume", "--quiet"]

@@ -20,16 +20,16 @@ from typing import TypeVar
 import torch
 from tqdm import tqdm
 
-from cli.errors import OneLineParser, UserError, run_main
-from cli.threads import torch_threads
-from domains.bab import BaBConfig
-from domains.input_bab import InputBaBConfig
-from domains.intermediate_bab import IntermediateBaBConfig
-from domains.mnbab import INPUT_SPLIT_MAX_DIMS, MNBaBConfig
-from training import distributed
-from verifier.api import pipeline
-from verifier.certify import Instance, Pipeline
-from verifier.instances import (
+from nncert.cli.errors import OneLineParser, UserError, run_main
+from nncert.cli.threads import torch_threads
+from nncert.domains.bab import BaBConfig
+from nncert.domains.input_bab import InputBaBConfig
+from nncert.domains.intermediate_bab import IntermediateBaBConfig
+from nncert.domains.mnbab import INPUT_SPLIT_MAX_DIMS, MNBaBConfig
+from nncert.training import distributed
+from nncert.verifier.api import pipeline
+from nncert.verifier.certify import Instance, Pipeline
+from nncert.verifier.instances import (
     BenchmarkInstance,
     InstanceResults,
     Runner,
@@ -38,12 +38,12 @@ from verifier.instances import (
     run_instances,
     summarize_instances,
 )
-from verifier.onnx_import import load_onnx
-from verifier.problems import Model, adapt_to_images, linf_instances, load_inputs_npz, remaining, vnnlib_instance
-from verifier.registry import DOMAINS, Options
-from verifier.results import ResultsFile, command_line, format_table, versions
-from verifier.run import certify_instances
-from verifier.shard import (
+from nncert.verifier.onnx_import import load_onnx
+from nncert.verifier.problems import Model, adapt_to_images, linf_instances, load_inputs_npz, remaining, vnnlib_instance
+from nncert.verifier.registry import DOMAINS, Options
+from nncert.verifier.results import ResultsFile, command_line, format_table, versions
+from nncert.verifier.run import certify_instances
+from nncert.verifier.shard import (
     Shard,
     ShardsIncomplete,
     finished_instances,
@@ -52,8 +52,8 @@ from verifier.shard import (
     merge_results,
     shard_files,
 )
-from verifier.spec import SpecError, parse_eps
-from verifier.vnnlib import parse_vnnlib
+from nncert.verifier.spec import SpecError, parse_eps
+from nncert.verifier.vnnlib import parse_vnnlib
 
 DEFAULT_DOMAINS = "box,deeppoly" + (",mnbab" if "mnbab" in DOMAINS else "")
 DEMO_EPS = "0.1"
@@ -64,7 +64,7 @@ R = TypeVar("R")
 
 
 def demo_files() -> tuple[Path, Path]:
-    data = resources.files("verifier") / "data"
+    data = resources.files("nncert.verifier") / "data"
     return Path(str(data / "demo_mnist.onnx")), Path(str(data / "mnist_first100.npz"))
 
 
@@ -242,7 +242,7 @@ def load_samples(args) -> tuple[torch.Tensor, torch.Tensor, str | None]:
     if args.inputs:
         x, y = load_inputs_npz(args.inputs, args.clip_min, args.clip_max)
         return x[args.start:args.start + num], y[args.start:args.start + num], None
-    from training.datasets import load_dataset
+    from nncert.training.datasets import load_dataset
 
     data = load_dataset(args.dataset, args.split, args.data_dir).subset(args.start, num)
     return data.x, data.y, args.dataset

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from cli.certify import (
+from nncert.cli.certify import (
     DEFAULT_NUM,
     DEFAULT_TIMEOUT,
     SHARD_WAIT,
@@ -28,11 +28,11 @@ from cli.certify import (
     merge_run,
     run_sharded,
 )
-from cli.errors import OneLineParser, UserError, run_main, user_errors
-from training import distributed
-from verifier.compare import comparison_rows, comparison_table, model_labels, plot
-from verifier.results import command_line, versions
-from verifier.spec import parse_eps
+from nncert.cli.errors import OneLineParser, UserError, run_main, user_errors
+from nncert.training import distributed
+from nncert.verifier.compare import comparison_rows, comparison_table, model_labels, plot
+from nncert.verifier.results import command_line, versions
+from nncert.verifier.spec import parse_eps
 
 R = TypeVar("R")
 

@@ -15,12 +15,12 @@ class UserError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that describe a problem with the user's input, not a bug."""
-    from domains.from_torch import UnsupportedModule
-    from training.config import ConfigError
-    from training.datasets import DatasetError
-    from verifier.onnx_import import OnnxImportError
-    from verifier.results import ResumeError
-    from verifier.spec import SpecError
+    from nncert.domains.from_torch import UnsupportedModule
+    from nncert.training.config import ConfigError
+    from nncert.training.datasets import DatasetError
+    from nncert.verifier.onnx_import import OnnxImportError
+    from nncert.verifier.results import ResumeError
+    from nncert.verifier.spec import SpecError
 
     return (UserError, SpecError, OnnxImportError, DatasetError, ConfigError, ResumeError, UnsupportedModule,
             FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)

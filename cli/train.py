@@ -9,12 +9,12 @@ import argparse
 import shlex
 import sys
 
-from cli.errors import OneLineParser, run_main
-from cli.threads import torch_threads
-from training.config import METHODS, MODELS, TrainConfig
-from training.datasets import DATASETS
-from training.trainer import train
-from verifier.spec import SpecError, parse_eps
+from nncert.cli.errors import OneLineParser, run_main
+from nncert.cli.threads import torch_threads
+from nncert.training.config import METHODS, MODELS, TrainConfig
+from nncert.training.datasets import DATASETS
+from nncert.training.trainer import train
+from nncert.verifier.spec import SpecError, parse_eps
 
 
 def build_parser() -> argparse.ArgumentParser:

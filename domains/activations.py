@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from domains.network import Activation, Add, ElementwiseAffine, Network, Relaxation, ReLU
+from nncert.domains.network import Activation, Add, ElementwiseAffine, Network, Relaxation, ReLU
 
 ULPS = 8.0  # widening of the S-shaped functions' intercepts and interval images, in units of eps of the dtype
 

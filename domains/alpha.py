@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from domains.box import Bounds
-from domains.deeppoly import DeepPoly
-from domains.network import Activation
+from nncert.domains.box import Bounds
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.network import Activation
 
 
 def tightest(a: dict[int, Bounds], b: dict[int, Bounds]) -> dict[int, Bounds]:

@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from domains import decide
-from domains.alpha import AlphaDeepPoly, NeuronSlopes, StopBy
-from domains.backsub import argmin_on_box, concretize
-from domains.box import Bounds
-from domains.milp import CERTIFY_TOL, SplitLP, unsupported_op
-from domains.pgd import pgd_maximize
-from domains.pool import Batch, Pool
+from nncert.domains import decide
+from nncert.domains.alpha import AlphaDeepPoly, NeuronSlopes, StopBy
+from nncert.domains.backsub import argmin_on_box, concretize
+from nncert.domains.box import Bounds
+from nncert.domains.milp import CERTIFY_TOL, SplitLP, unsupported_op
+from nncert.domains.pgd import pgd_maximize
+from nncert.domains.pool import Batch, Pool
 
 
 @dataclass
@@ -564,7 +564,7 @@ class BranchAndBound:
         Returns a final result (counterexample, timeout or undecidable) or None
         if every leaf is certified.
         """
-        from domains.milp import milp_verify
+        from nncert.domains.milp import milp_verify
 
         if unsupported_op(self.net) is not None:
             self.stats["stopped"] = "leaf without an exact solver"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from domains.network import Activation, Input, Monotone, Network, ReLU
+from nncert.domains.network import Activation, Input, Monotone, Network, ReLU
 
 # relu_backward(start, node, A) -> (A at the ReLU input, constant (N, K)); activation_backward likewise for
 # the other activations (domains.network.Activation)

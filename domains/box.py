@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from domains.backsub import backsubstitute, concretize
-from domains.network import Activation, Monotone, Network, ReLU
+from nncert.domains.backsub import backsubstitute, concretize
+from nncert.domains.network import Activation, Monotone, Network, ReLU
 
 Bounds = tuple[Tensor, Tensor]
 

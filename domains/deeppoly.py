@@ -32,10 +32,10 @@ import time
 import torch
 from torch import Tensor
 
-from domains.backsub import argmin_on_box, backsubstitute, concretize
-from domains.box import Bounds, affine_bounds, op_bounds
-from domains.box import bound_linear as box_bound_linear
-from domains.network import Activation, Monotone, Network, ReLU
+from nncert.domains.backsub import argmin_on_box, backsubstitute, concretize
+from nncert.domains.box import Bounds, affine_bounds, op_bounds
+from nncert.domains.box import bound_linear as box_bound_linear
+from nncert.domains.network import Activation, Monotone, Network, ReLU
 
 
 def triangle_upper(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:

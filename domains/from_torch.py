@@ -20,10 +20,10 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from domains.activations import LeakyReLU, Sigmoid, Tanh
-from domains.maxpool import MaxPool2d
-from domains.network import Add as AddOp
-from domains.network import AvgPool2d, Conv2d, ElementwiseAffine, Linear, Network, Op, ReLU, Reshape
+from nncert.domains.activations import LeakyReLU, Sigmoid, Tanh
+from nncert.domains.maxpool import MaxPool2d
+from nncert.domains.network import Add as AddOp
+from nncert.domains.network import AvgPool2d, Conv2d, ElementwiseAffine, Linear, Network, Op, ReLU, Reshape
 
 
 class Normalize(nn.Module):

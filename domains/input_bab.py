@@ -41,15 +41,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from domains import decide
-from domains.alpha import AlphaDeepPoly
-from domains.bab import BaBResult
-from domains.backsub import argmin_on_box, concretize
-from domains.box import bound_linear as box_bound_linear
-from domains.lowdim import backsubstitute_rows, input_sensitivity, lowdim_bounds, row_lower, supports
-from domains.network import Network
-from domains.pgd import pgd_maximize
-from domains.pool import Batch, Pool
+from nncert.domains import decide
+from nncert.domains.alpha import AlphaDeepPoly
+from nncert.domains.bab import BaBResult
+from nncert.domains.backsub import argmin_on_box, concretize
+from nncert.domains.box import bound_linear as box_bound_linear
+from nncert.domains.lowdim import backsubstitute_rows, input_sensitivity, lowdim_bounds, row_lower, supports
+from nncert.domains.network import Network
+from nncert.domains.pgd import pgd_maximize
+from nncert.domains.pool import Batch, Pool
 
 
 def clause_margins(lower: Tensor, d: Tensor, clause: Tensor, n_clauses: int) -> Tensor:

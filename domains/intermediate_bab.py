@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from domains import decide
-from domains.bab import BaBConfig, BranchAndBound, SplitDeepPoly, Subproblems
-from domains.box import Bounds
-from domains.network import Network
+from nncert.domains import decide
+from nncert.domains.bab import BaBConfig, BranchAndBound, SplitDeepPoly, Subproblems
+from nncert.domains.box import Bounds
+from nncert.domains.network import Network
 
 
 @dataclass

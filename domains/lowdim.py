@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from domains.backsub import backsubstitute, concretize
-from domains.box import Bounds, affine_bounds
-from domains.deeppoly import exact_by_intervals, min_area_lower_slope, triangle_upper
-from domains.network import Activation, Monotone, Network, ReLU
+from nncert.domains.backsub import backsubstitute, concretize
+from nncert.domains.box import Bounds, affine_bounds
+from nncert.domains.deeppoly import exact_by_intervals, min_area_lower_slope, triangle_upper
+from nncert.domains.network import Activation, Monotone, Network, ReLU
 
 
 def supports(net: Network) -> bool:

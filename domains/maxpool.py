@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from domains.network import Activation, Relaxation
+from nncert.domains.network import Activation, Relaxation
 
 CHOICE_LOGIT = 6.0  # the default lower line's logit of the chosen input (weight 0.99 in a 2x2 window)
 

@@ -70,10 +70,10 @@ import torch
 from scipy import sparse
 from torch import Tensor
 
-from domains.activations import LeakyReLU
-from domains.deeppoly import DeepPoly
-from domains.maxpool import MaxPool2d
-from domains.network import Activation, Clip, Floor, Network, ReLU
+from nncert.domains.activations import LeakyReLU
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.maxpool import MaxPool2d
+from nncert.domains.network import Activation, Clip, Floor, Network, ReLU
 
 BOUND_SLACK = 1e-6   # relative + absolute widening of the intermediate bounds
 CERTIFY_TOL = 1e-6   # a clause is safe only if its proven minimum margin exceeds this

@@ -30,15 +30,15 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from domains import decide
-from domains.activations import relu_form
-from domains.alpha import StopBy
-from domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
-from domains.deeppoly import DeepPoly
-from domains.input_bab import InputBaBConfig, InputBranchAndBound, clause_margins
-from domains.intermediate_bab import IntermediateBaBConfig, tighten
-from domains.multineuron import octahedral_directions, relu_hull_constraints, select_groups
-from domains.network import Network
+from nncert.domains import decide
+from nncert.domains.activations import relu_form
+from nncert.domains.alpha import StopBy
+from nncert.domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.input_bab import InputBaBConfig, InputBranchAndBound, clause_margins
+from nncert.domains.intermediate_bab import IntermediateBaBConfig, tighten
+from nncert.domains.multineuron import octahedral_directions, relu_hull_constraints, select_groups
+from nncert.domains.network import Network
 
 
 @dataclass

@@ -41,10 +41,10 @@ def vnncomp_property(benchmark: str, onnx: str, vnnlib: str):
     PropertyBatch: one property per input box); skips the test when the benchmark is not available."""
     import pytest
 
-    from verifier.onnx_import import load_onnx
-    from verifier.problems import vnnlib_instance
-    from verifier.spec import PropertyBatch
-    from verifier.vnnlib import parse_vnnlib
+    from nncert.verifier.onnx_import import load_onnx
+    from nncert.verifier.problems import vnnlib_instance
+    from nncert.verifier.spec import PropertyBatch
+    from nncert.verifier.vnnlib import parse_vnnlib
 
     bench = vnncomp_dir()
     if bench is None or not (bench / benchmark).is_dir():

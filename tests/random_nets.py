@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from domains.from_torch import Normalize, Residual, network_from_torch
-from domains.network import Network
+from nncert.domains.from_torch import Normalize, Residual, network_from_torch
+from nncert.domains.network import Network
 
 
 def fc_model(seed: int, widths=(8, 8), n_in: int = 4, n_out: int = 3, normalize: bool = True) -> nn.Sequential:
@@ -122,7 +122,7 @@ def input_fed_conv_network(seed: int, n_in: int = 16, side: int = 32, channels: 
                            n_out: int = 10) -> Network:
     """A low-dimensional input feeding a conv net, as in generative or sensor benchmarks: Linear to 3 x side x
     side, two stride-2 convolutions with ReLUs, then FC; random seeded weights."""
-    from domains.network import Conv2d, Linear, ReLU, Reshape
+    from nncert.domains.network import Conv2d, Linear, ReLU, Reshape
 
     g = torch.Generator().manual_seed(seed)
 

@@ -8,10 +8,10 @@ import itertools
 import torch
 from torch import Tensor
 
-from domains.intermediate_bab import cut_after
-from domains.milp import milp_minimize
-from domains.network import Network
-from domains.pgd import pgd_maximize
+from nncert.domains.intermediate_bab import cut_after
+from nncert.domains.milp import milp_minimize
+from nncert.domains.network import Network
+from nncert.domains.pgd import pgd_maximize
 
 
 def box_points(lower: Tensor, upper: Tensor, samples: int, g: torch.Generator) -> Tensor:

@@ -28,7 +28,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from domains.network import Clip, Concat, ElementwiseAffine, Floor, Op, straight_through_clamp, straight_through_floor
+from nncert.domains.network import (
+    Clip,
+    Concat,
+    ElementwiseAffine,
+    Floor,
+    Op,
+    straight_through_clamp,
+    straight_through_floor,
+)
 
 
 class BinEdges(nn.Module):

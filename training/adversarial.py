@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from domains.pgd import pgd_maximize
+from nncert.domains.pgd import pgd_maximize
 
 # objective(logits (N, K), labels (N,)) -> (N,), maximised by the attack
 Objective = Callable[[Tensor, Tensor], Tensor]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from training.datasets import Dataset
+from nncert.training.datasets import Dataset
 
 CROP_PADDING = 4
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
-from training.abscert import default_bin_width
-from training.datasets import DATASETS
+from nncert.training.abscert import default_bin_width
+from nncert.training.datasets import DATASETS
 
 METHODS = ("std", "pgd", "ibp", "sabr", "mtl-ibp", "abscert")
 MODELS = ("fc", "cnn3", "cnn5", "cnn7")

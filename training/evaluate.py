@@ -6,11 +6,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from domains.from_torch import network_from_torch
-from training.adversarial import attack, margin_objective
-from training.datasets import Dataset
-from training.losses import margin_lower_bounds
-from training.regions import linf_box
+from nncert.domains.from_torch import network_from_torch
+from nncert.training.adversarial import attack, margin_objective
+from nncert.training.datasets import Dataset
+from nncert.training.losses import margin_lower_bounds
+from nncert.training.regions import linf_box
 
 
 def evaluate(model: nn.Module, data: Dataset, eps: float, batch_size: int, pgd_steps: int, pgd_restarts: int,

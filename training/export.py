@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from domains.from_torch import batchnorm_affine
+from nncert.domains.from_torch import batchnorm_affine
 
 OPSET = 17
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from domains.box import Bounds, bound_linear
-from domains.network import Network
+from nncert.domains.box import Bounds, bound_linear
+from nncert.domains.network import Network
 
 
 def margin_matrix(y: Tensor, n_classes: int) -> Tensor:

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from domains.box import propagate
-from domains.from_torch import network_from_torch, record_batch_stats
-from training.adversarial import attack, cross_entropy_objective
-from training.distributed import sync_batch_stats
-from training.losses import box_cross_entropy, margin_lower_bounds
-from training.regions import linf_box, sabr_region
-from training.regularizers import warmup_regularizer
+from nncert.domains.box import propagate
+from nncert.domains.from_torch import network_from_torch, record_batch_stats
+from nncert.training.adversarial import attack, cross_entropy_objective
+from nncert.training.distributed import sync_batch_stats
+from nncert.training.losses import box_cross_entropy, margin_lower_bounds
+from nncert.training.regions import linf_box, sabr_region
+from nncert.training.regularizers import warmup_regularizer
 
 
 @dataclass(frozen=True)

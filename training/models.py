@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from domains.from_torch import Normalize
-from training.abscert import BinEdges
-from training.datasets import MEAN, SHAPE, STD
+from nncert.domains.from_torch import Normalize
+from nncert.training.abscert import BinEdges
+from nncert.training.datasets import MEAN, SHAPE, STD
 
 N_CLASSES = 10
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from training.adversarial import attack, cross_entropy_objective
+from nncert.training.adversarial import attack, cross_entropy_objective
 
 VALID_RANGE = (0.0, 1.0)
 

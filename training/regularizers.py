@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from domains.box import Bounds
-from domains.network import Conv2d, Linear, Network, ReLU
+from nncert.domains.box import Bounds
+from nncert.domains.network import Conv2d, Linear, Network, ReLU
 
 
 def warmup_regularizer(net: Network, bounds: list[Bounds], tol: float) -> Tensor:

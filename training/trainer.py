@@ -31,17 +31,17 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training import distributed
-from training.batches import n_batches, shuffled_batches
-from training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from training.config import CERTIFIED, ConfigError, TrainConfig, check_resumable
-from training.datasets import SHAPE, Dataset, load_dataset
-from training.evaluate import evaluate
-from training.export import export_onnx
-from training.methods import BatchSetting, method_loss
-from training.models import build_model, ibp_init
-from training.regularizers import l1_penalty
-from training.schedules import EpsSchedule, lr_scheduler
+from nncert.training import distributed
+from nncert.training.batches import n_batches, shuffled_batches
+from nncert.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from nncert.training.config import CERTIFIED, ConfigError, TrainConfig, check_resumable
+from nncert.training.datasets import SHAPE, Dataset, load_dataset
+from nncert.training.evaluate import evaluate
+from nncert.training.export import export_onnx
+from nncert.training.methods import BatchSetting, method_loss
+from nncert.training.models import build_model, ibp_init
+from nncert.training.regularizers import l1_penalty
+from nncert.training.schedules import EpsSchedule, lr_scheduler
 
 CHECKPOINT, CONFIG, METRICS = "checkpoint.pt", "config.json", "metrics.jsonl"
 ONNX, SUMMARY = "model.onnx", "summary.json"

@@ -16,20 +16,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from domains import box
-from domains.alpha import AlphaDeepPoly
-from domains.deeppoly import DeepPoly
-from domains.from_torch import network_from_torch
-from domains.network import Network
-from verifier import spec
-from verifier.certify import Pipeline
-from verifier.onnx_import import OnnxModel, load_onnx
-from verifier.problems import Model, adapt_to_images, linf_instances, vnnlib_instance
-from verifier.registry import Options
-from verifier.results import ResultsFile
-from verifier.run import certify_instances
-from verifier.spec import SpecError, robustness_spec, round_outward
-from verifier.vnnlib import parse_vnnlib
+from nncert.domains import box
+from nncert.domains.alpha import AlphaDeepPoly
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.from_torch import network_from_torch
+from nncert.domains.network import Network
+from nncert.verifier import spec
+from nncert.verifier.certify import Pipeline
+from nncert.verifier.onnx_import import OnnxModel, load_onnx
+from nncert.verifier.problems import Model, adapt_to_images, linf_instances, vnnlib_instance
+from nncert.verifier.registry import Options
+from nncert.verifier.results import ResultsFile
+from nncert.verifier.run import certify_instances
+from nncert.verifier.spec import SpecError, robustness_spec, round_outward
+from nncert.verifier.vnnlib import parse_vnnlib
 
 ModelLike = str | os.PathLike | OnnxModel | nn.Module | Network
 DEFAULT_DOMAINS = ("box", "deeppoly", "mnbab")

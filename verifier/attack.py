@@ -19,9 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from domains.network import Network
-from domains.pgd import pgd_maximize
-from verifier.spec import PropertyBatch
+from nncert.domains.network import Network
+from nncert.domains.pgd import pgd_maximize
+from nncert.verifier.spec import PropertyBatch
 
 # concrete oracle: inputs (N, *input_shape) -> outputs (N, n_out), e.g. onnxruntime
 Oracle = Callable[[Tensor], Tensor]

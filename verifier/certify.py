@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from domains import decide
-from domains.network import Network
-from verifier import registry
-from verifier.attack import Oracle, confirmed, pgd_attack
-from verifier.registry import Options, Verdict
-from verifier.spec import Property, PropertyBatch
+from nncert.domains import decide
+from nncert.domains.network import Network
+from nncert.verifier import registry
+from nncert.verifier.attack import Oracle, confirmed, pgd_attack
+from nncert.verifier.registry import Options, Verdict
+from nncert.verifier.spec import Property, PropertyBatch
 
 STATUSES = ("certified", "falsified", "unknown", "timeout", "misclassified", "error")
 

@@ -6,7 +6,7 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-from verifier.results import text_table
+from nncert.verifier.results import text_table
 
 
 def model_labels(paths: list[str]) -> list[str]:

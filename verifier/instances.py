@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from verifier.certify import Pipeline, Row, one_line
-from verifier.onnx_import import OnnxModel, load_onnx
-from verifier.problems import Model, adapt_to_images, vnnlib_instance
-from verifier.results import text_table
-from verifier.spec import SpecError
-from verifier.vnnlib import parse_vnnlib
+from nncert.verifier.certify import Pipeline, Row, one_line
+from nncert.verifier.onnx_import import OnnxModel, load_onnx
+from nncert.verifier.problems import Model, adapt_to_images, vnnlib_instance
+from nncert.verifier.results import text_table
+from nncert.verifier.spec import SpecError
+from nncert.verifier.vnnlib import parse_vnnlib
 
 COLUMNS = ("onnx", "vnnlib", "domain", "status", "result", "time_s", "reason")
 ANSWER = {"certified": "unsat", "falsified": "sat", "timeout": "timeout", "unknown": "unknown", "error": "unknown"}

@@ -50,9 +50,9 @@ from onnx.external_data_helper import load_external_data_for_model
 from onnx.reference import ReferenceEvaluator
 from torch import Tensor
 
-from domains.activations import LeakyReLU, Sigmoid, Tanh
-from domains.maxpool import MaxPool2d
-from domains.network import (
+from nncert.domains.activations import LeakyReLU, Sigmoid, Tanh
+from nncert.domains.maxpool import MaxPool2d
+from nncert.domains.network import (
     Add,
     AvgPool2d,
     Clip,

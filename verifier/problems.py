@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from domains.network import ElementwiseAffine, Network, Op, Reshape, Transpose, prepend
-from verifier.attack import Oracle
-from verifier.certify import Instance
-from verifier.spec import Property, SpecError, linf_ball, robustness_spec
+from nncert.domains.network import ElementwiseAffine, Network, Op, Reshape, Transpose, prepend
+from nncert.verifier.attack import Oracle
+from nncert.verifier.certify import Instance
+from nncert.verifier.spec import Property, SpecError, linf_ball, robustness_spec
 
 
 @dataclass

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from domains import box, decide
-from domains.deeppoly import DeepPoly
-from domains.mnbab import MNBaBConfig, mnbab_verify
-from domains.network import Network
-from verifier.attack import pgd_attack
-from verifier.spec import PropertyBatch, SpecError, round_outward
+from nncert.domains import box, decide
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.mnbab import MNBaBConfig, mnbab_verify
+from nncert.domains.network import Network
+from nncert.verifier.attack import pgd_attack
+from nncert.verifier.spec import PropertyBatch, SpecError, round_outward
 
 
 @dataclass
@@ -87,7 +87,7 @@ def verify_mnbab(net: Network, batch: PropertyBatch, deadline: float, options: O
 def check(domain: str, net: Network) -> None:
     """Raise SpecError if ``domain`` cannot verify ``net`` at all (an option to change, not a failed instance)."""
     if domain == "milp":
-        from domains.milp import unsupported_op
+        from nncert.domains.milp import unsupported_op
 
         if unsupported_op(net) is not None:
             raise SpecError(f"--domain milp cannot encode {unsupported_op(net)} exactly (Sigmoid and Tanh are not "
@@ -95,7 +95,7 @@ def check(domain: str, net: Network) -> None:
 
 
 def verify_milp(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
-    from domains.milp import milp_verify
+    from nncert.domains.milp import milp_verify
 
     check("milp", net)
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from verifier.certify import Instance, Pipeline
-from verifier.results import ResultsFile
+from nncert.verifier.certify import Instance, Pipeline
+from nncert.verifier.results import ResultsFile
 
 
 def certify_instances(pipeline: Pipeline, instances: Sequence[Instance], results: ResultsFile,

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from verifier.instances import COLUMNS, BenchmarkInstance, read_instance_rows, write_header
-from verifier.results import ResultsFile, ResumeError
-from verifier.spec import SpecError
+from nncert.verifier.instances import COLUMNS, BenchmarkInstance, read_instance_rows, write_header
+from nncert.verifier.results import ResultsFile, ResumeError
+from nncert.verifier.spec import SpecError
 
 T = TypeVar("T")
 SHARD_SUFFIX = re.compile(r"\.shard-(\d+)-of-(\d+)$")

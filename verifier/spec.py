@@ -18,7 +18,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from domains import decide
+from nncert.domains import decide
 
 
 class SpecError(ValueError):

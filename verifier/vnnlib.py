@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from verifier.spec import OutputSpec, Property, SpecError
+from nncert.verifier.spec import OutputSpec, Property, SpecError
 
 MAX_DISJUNCTS = 100_000  # cap on expanded disjuncts / output clauses per file
 MAX_DEPTH = 100  # cap on parenthesis nesting (keeps the recursive walk far from Python's limit)

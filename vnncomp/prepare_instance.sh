@@ -9,5 +9,5 @@ fi
 onnx=$3
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python=${NNCERT_PYTHON:-$root/.venv/bin/python}
-pkill -f "cli.certify --instances" 2>/dev/null || true
-cd "$root" && "$python" -c "import sys; from verifier.onnx_import import load_onnx; load_onnx(sys.argv[1])" "$onnx"
+pkill -f "nncert.cli.certify --instances" 2>/dev/null || true
+cd "$root" && "$python" -c "import sys; from nncert.verifier.onnx_import import load_onnx; load_onnx(sys.argv[1])" "$onnx"

@@ -17,7 +17,7 @@ echo "nncert $version: category $category, timeout $timeout s" >&2
 printf '%s,%s,%s\n' "$(realpath "$onnx")" "$(realpath "$vnnlib")" "$timeout" > "$work/instance.csv"
 # the pipeline stops at the timeout; start-up and model loading come on top, so leave them a margin
 budget=$(awk -v t="$timeout" 'BEGIN { m = t * 0.1; if (m > 10) m = 10; if (m < 1) m = 1; print (t - m > 0.5 ? t - m : 0.5) }')
-cd "$root" && "$python" -m cli.certify --instances "$work/instance.csv" --domain "${NNCERT_DOMAIN:-mnbab}" \
+cd "$root" && "$python" -m nncert.cli.certify --instances "$work/instance.csv" --domain "${NNCERT_DOMAIN:-mnbab}" \
     --timeout "$budget" --out "$work/results.csv" --vnncomp-dir "$work/answers" --quiet >&2
 status=$?
 answer=$(ls "$work"/answers/*/*.txt 2>/dev/null | head -1)

@@ -16,14 +16,14 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from cli.certify import default_max_memory, demo_files, main
-from domains.from_torch import Normalize
+from nncert.cli.certify import default_max_memory, demo_files, main
+from nncert.domains.from_torch import Normalize
+from nncert.verifier.instances import read_answer
+from nncert.verifier.onnx_import import load_onnx
+from nncert.verifier.spec import PropertyBatch
+from nncert.verifier.vnnlib import parse_vnnlib
 from tests.interrupt import interrupt_midway
 from tests.paths import vnncomp_dir
-from verifier.instances import read_answer
-from verifier.onnx_import import load_onnx
-from verifier.spec import PropertyBatch
-from verifier.vnnlib import parse_vnnlib
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +141,9 @@ def test_large_eps_falsifies_with_checked_counterexamples(tiny_model, capsys, tm
 def test_stdout_is_only_the_table(tiny_model):
     """Solvers' banners (HiGHS prints one from C++) must not reach stdout, which users parse."""
     model, inputs, _ = tiny_model
-    out = subprocess.run([sys.executable, "-m", "cli.certify", str(model), "--inputs", str(inputs), "--eps", "1/255",
-                          "--domain", "milp", "--num", "3", "--quiet"], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-m", "nncert.cli.certify", str(model), "--inputs", str(inputs),
+                          "--eps", "1/255", "--domain", "milp", "--num", "3", "--quiet"], capture_output=True,
+                         text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout
     assert out.startswith("domain ") and "HiGHS" not in out, out
 
@@ -357,7 +358,7 @@ def test_instances_run_survives_bad_models_and_properties(tiny_model, tmp_path, 
 
 def test_a_sample_on_which_a_domain_raises_gets_an_error_row_and_the_others_run(tiny_model, tmp_path, capsys,
                                                                                monkeypatch):
-    from verifier import registry
+    from nncert.verifier import registry
 
     model, inputs, _ = tiny_model
     bad = float(np.load(inputs)["x"][3].reshape(-1)[0])
@@ -420,7 +421,7 @@ def _text(path, text):
 def test_sigterm_keeps_finished_results_and_resume_completes(tmp_path, capsys):
     """A run killed with SIGTERM midway exits 130 with a valid results file, and --resume finishes it."""
     out_json = tmp_path / "r.json"
-    command = ["cli.certify", "--num", "40", "--domain", "box,mnbab", "--batch-size", "4", "--json", out_json,
+    command = ["nncert.cli.certify", "--num", "40", "--domain", "box,mnbab", "--batch-size", "4", "--json", out_json,
                "--quiet", "--threads", "1"]
     code, err = interrupt_midway(command, lambda: len(json.loads(out_json.read_text())["results"]) >= 6,
                                  signal.SIGTERM)
@@ -477,7 +478,8 @@ def test_interrupted_instances_run_resumes_to_the_uninterrupted_results(tmp_path
     assert len(expected) == 48 and {r[3] for r in expected} <= {"certified", "unknown"}
 
     out = tmp_path / "interrupted.csv"
-    code, err = interrupt_midway(["cli.certify", *args, "--out", out], lambda: len(_instance_rows(out)) >= 4, sig)
+    code, err = interrupt_midway(["nncert.cli.certify", *args, "--out", out], lambda: len(_instance_rows(out)) >= 4,
+                                 sig)
     assert code == 130 and "interrupted" in err and "Traceback" not in err, err
     partial = _instance_rows(out)
     assert 4 <= len(partial) < 48 and partial == expected[:len(partial)]

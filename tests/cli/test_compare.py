@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.certify import demo_files
-from cli.compare import main
+from nncert.cli.certify import demo_files
+from nncert.cli.compare import main
 from tests.interrupt import interrupt_midway
 
 
@@ -105,7 +105,7 @@ def test_interrupted_compare_resumes_to_the_uninterrupted_results(two_models, tm
     def some_done() -> bool:
         return any(len(json.loads(p.read_text())["results"]) >= 4 for p in (out / "runs").glob("*.json"))
 
-    code, err = interrupt_midway(["cli.compare", *args, "--out", out], some_done, sig)
+    code, err = interrupt_midway(["nncert.cli.compare", *args, "--out", out], some_done, sig)
     assert code == 130 and "interrupted" in err and "Traceback" not in err, err
     assert not (out / "results.json").exists()
     assert main([str(a) for a in [*args, "--out", out, "--resume"]]) == 0

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from cli.compare import main as compare_main
+from nncert.cli.compare import main as compare_main
+from nncert.verifier.instances import read_instance_rows
 from tests.cli.test_certify import run, tiny_model  # noqa: F401 (the fixture)
-from verifier.instances import read_instance_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,7 +92,7 @@ def test_torchrun_ranks_certify_shards_and_rank_0_merges(tiny_model, tmp_path, c
     whole, parallel = tmp_path / "whole.json", tmp_path / "parallel.json"
     assert run(capsys, *_base(tiny_model, whole))[0] == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "cli.certify", "--", *map(str, _base(tiny_model, parallel)), "--threads", "1"]
+               "-m", "nncert.cli.certify", "--", *map(str, _base(tiny_model, parallel)), "--threads", "1"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

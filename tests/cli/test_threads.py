@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cli.threads import torch_threads
+from nncert.cli.threads import torch_threads
 from tests.paths import REPO
 
 

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from domains.activations import LeakyReLU, Sigmoid, Tanh
+from nncert.domains.activations import LeakyReLU, Sigmoid, Tanh
 
 OPS = {"sigmoid": Sigmoid(), "tanh": Tanh(), "leakyrelu": LeakyReLU(0.1), "leakyrelu-0": LeakyReLU(0.0)}
 

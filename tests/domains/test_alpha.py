@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from domains.alpha import AlphaDeepPoly, StopBy
-from domains.deeppoly import DeepPoly
-from domains.network import Activation, Linear, Network, ReLU
+from nncert.domains.alpha import AlphaDeepPoly, StopBy
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.network import Activation, Linear, Network, ReLU
 from tests.random_nets import ACTIVATION_KINDS, KINDS, input_fed_conv_network, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
 
@@ -57,7 +57,7 @@ def test_optimisation_improves_somewhere():
 
 
 def test_adam_matches_torch_optim_with_a_learning_rate_per_tensor():
-    from domains.alpha import Adam
+    from nncert.domains.alpha import Adam
 
     g = torch.Generator().manual_seed(0)
     ours, theirs = [torch.randn(3, 4, generator=g) for _ in range(2)], None

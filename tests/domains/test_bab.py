@@ -7,16 +7,23 @@ import pytest
 import torch
 from torch import nn
 
-from domains import decide
-from domains.alpha import NeuronSlopes
-from domains.bab import BaBConfig, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems, preactivation_bias
-from domains.from_torch import network_from_torch
-from domains.milp import SplitLP
-from domains.network import Conv2d, Linear
-from domains.pool import Pool
+from nncert.domains import decide
+from nncert.domains.alpha import NeuronSlopes
+from nncert.domains.bab import (
+    BaBConfig,
+    BranchAndBound,
+    LayerConstraints,
+    SplitDeepPoly,
+    Subproblems,
+    preactivation_bias,
+)
+from nncert.domains.from_torch import network_from_torch
+from nncert.domains.milp import SplitLP
+from nncert.domains.network import Conv2d, Linear
+from nncert.domains.pool import Pool
+from nncert.verifier.spec import robustness_spec
 from tests.random_nets import input_fed_conv_network, random_network
 from tests.soundness import concrete_minimum
-from verifier.spec import robustness_spec
 
 
 def _split_region_points(net, lower, upper, split, n=20000, seed=0):

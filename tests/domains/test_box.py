@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from domains import box
-from domains.network import Linear, Network
+from nncert.domains import box
+from nncert.domains.network import Linear, Network
 from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import concrete_minimum
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from domains import box
-from domains.alpha import AlphaDeepPoly
-from domains.deeppoly import DeepPoly
-from domains.from_torch import Normalize, Residual, network_from_torch
-from domains.milp import milp_verify
-from domains.mnbab import MNBaBConfig, mnbab_verify
+from nncert.domains import box
+from nncert.domains.alpha import AlphaDeepPoly
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.from_torch import Normalize, Residual, network_from_torch
+from nncert.domains.milp import milp_verify
+from nncert.domains.mnbab import MNBaBConfig, mnbab_verify
+from nncert.verifier.spec import robustness_spec
 from tests.random_nets import _randomize
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
-from verifier.spec import robustness_spec
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 EPSILONS = (2 / 255, 8 / 255)

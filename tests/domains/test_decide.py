@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from domains import decide
+from nncert.domains import decide
 
 INF, NAN = float("inf"), float("nan")
 

@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from domains import box
-from domains.deeppoly import DeepPoly, exact_by_intervals, min_area_lower_slope, triangle_upper, unstable_indices
-from domains.network import Linear, Network, ReLU
+from nncert.domains import box
+from nncert.domains.deeppoly import DeepPoly, exact_by_intervals, min_area_lower_slope, triangle_upper, unstable_indices
+from nncert.domains.network import Linear, Network, ReLU
 from tests.random_nets import ACTIVATION_KINDS, KINDS, input_fed_conv_network, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
 

@@ -5,15 +5,15 @@ import time
 import pytest
 import torch
 
-from domains.deeppoly import DeepPoly
-from domains.from_torch import network_from_torch
-from domains.input_bab import Boxes, InputBaBConfig, InputBranchAndBound, clause_margins
-from domains.milp import milp_verify
-from domains.mnbab import MNBaBConfig, mnbab_verify, splits_input
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.from_torch import network_from_torch
+from nncert.domains.input_bab import Boxes, InputBaBConfig, InputBranchAndBound, clause_margins
+from nncert.domains.milp import milp_verify
+from nncert.domains.mnbab import MNBaBConfig, mnbab_verify, splits_input
+from nncert.verifier.spec import OutputSpec, robustness_spec
 from tests.paths import acasxu_property, reference_result
 from tests.random_nets import fc_model, random_network
 from tests.soundness import concrete_minimum
-from verifier.spec import OutputSpec, robustness_spec
 
 EPSILONS = [0.05, 0.15, 0.3, 0.5]
 

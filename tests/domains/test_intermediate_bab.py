@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from domains.bab import BranchAndBound, SplitDeepPoly, Subproblems
-from domains.intermediate_bab import (
+from nncert.domains.bab import BranchAndBound, SplitDeepPoly, Subproblems
+from nncert.domains.intermediate_bab import (
     IntermediateBaBConfig,
     lowest_per_spec,
     most_promising,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from domains.deeppoly import DeepPoly
-from domains.lowdim import backsubstitute_rows, input_sensitivity, lowdim_bounds, row_lower, supports
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.lowdim import backsubstitute_rows, input_sensitivity, lowdim_bounds, row_lower, supports
 from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
 

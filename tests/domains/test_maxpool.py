@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domains.maxpool import MaxPool2d
-from domains.network import Network
+from nncert.domains.maxpool import MaxPool2d
+from nncert.domains.network import Network
 
 POOLS = {
     "2x2": MaxPool2d((2, 2), (2, 2)),

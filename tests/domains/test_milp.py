@@ -3,11 +3,22 @@
 import pytest
 import torch
 
-from domains import milp
-from domains.deeppoly import DeepPoly
-from domains.from_torch import network_from_torch
-from domains.milp import BackendUnavailable, milp_minimize, milp_verify
-from domains.network import Add, AvgPool2d, Conv2d, ElementwiseAffine, Linear, Network, Pad, ReLU, Reshape, Transpose
+from nncert.domains import milp
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.from_torch import network_from_torch
+from nncert.domains.milp import BackendUnavailable, milp_minimize, milp_verify
+from nncert.domains.network import (
+    Add,
+    AvgPool2d,
+    Conv2d,
+    ElementwiseAffine,
+    Linear,
+    Network,
+    Pad,
+    ReLU,
+    Reshape,
+    Transpose,
+)
 from tests.random_nets import fc_model, random_network
 from tests.soundness import concrete_minimum
 

@@ -7,21 +7,21 @@ from dataclasses import replace
 import pytest
 import torch
 
-from domains import box, intermediate_bab, mnbab
-from domains.activations import relu_form
-from domains.alpha import AlphaDeepPoly
-from domains.bab import BaBConfig
-from domains.deeppoly import DeepPoly
-from domains.from_torch import network_from_torch
-from domains.input_bab import clause_margins
-from domains.intermediate_bab import IntermediateBaBConfig, tighten
-from domains.milp import milp_verify
-from domains.mnbab import MNBaBConfig, mnbab_verify, root_bounds, tighten_root
-from domains.pgd import pgd_maximize
+from nncert.domains import box, intermediate_bab, mnbab
+from nncert.domains.activations import relu_form
+from nncert.domains.alpha import AlphaDeepPoly
+from nncert.domains.bab import BaBConfig
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.from_torch import network_from_torch
+from nncert.domains.input_bab import clause_margins
+from nncert.domains.intermediate_bab import IntermediateBaBConfig, tighten
+from nncert.domains.milp import milp_verify
+from nncert.domains.mnbab import MNBaBConfig, mnbab_verify, root_bounds, tighten_root
+from nncert.domains.pgd import pgd_maximize
+from nncert.verifier.spec import robustness_spec
 from tests.paths import mnist_fc_property
 from tests.random_nets import _randomize, fc_model, input_fed_conv_network, random_network, random_region
 from tests.soundness import assert_node_bounds_hold, concrete_minimum, exact_range
-from verifier.spec import robustness_spec
 
 KINDS = ["fc", "conv", "residual"]
 # radii from mostly-certified to mostly-falsified; the conv net's 150 ReLUs make the exact MILP

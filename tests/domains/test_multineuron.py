@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
-from domains.multineuron import octahedral_directions, relu_hull_constraints, select_groups
+from nncert.domains.multineuron import octahedral_directions, relu_hull_constraints, select_groups
 
 
 def _instance(k, seed, shift=0.3):

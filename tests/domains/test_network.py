@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from domains.activations import LeakyReLU, Sigmoid, Tanh
-from domains.from_torch import UnsupportedModule, network_from_torch
-from domains.maxpool import MaxPool2d
-from domains.network import (
+from nncert.domains.activations import LeakyReLU, Sigmoid, Tanh
+from nncert.domains.from_torch import UnsupportedModule, network_from_torch
+from nncert.domains.maxpool import MaxPool2d
+from nncert.domains.network import (
     Add,
     AvgPool2d,
     Clip,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import trainer
-from training.datasets import load_dataset
+from nncert.training import trainer
+from nncert.training.datasets import load_dataset
 
 REPO_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

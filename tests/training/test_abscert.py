@@ -10,22 +10,22 @@ import pytest
 import torch
 from torch import nn
 
-from cli.train import main
-from domains import box
-from domains.deeppoly import DeepPoly
-from domains.from_torch import network_from_torch
-from domains.milp import milp_minimize
+from nncert.cli.train import main
+from nncert.domains import box
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.from_torch import network_from_torch
+from nncert.domains.milp import milp_minimize
+from nncert.training.abscert import BinEdges, claimed_vs_sound
+from nncert.training.config import ConfigError, TrainConfig
+from nncert.training.export import export_onnx
+from nncert.training.models import build_model
+from nncert.verifier.certify import Pipeline
+from nncert.verifier.onnx_import import load_onnx
+from nncert.verifier.problems import linf_instances
+from nncert.verifier.spec import linf_ball
 from tests.random_nets import _randomize
 from tests.soundness import concrete_minimum
 from tests.training.conftest import train_args
-from training.abscert import BinEdges, claimed_vs_sound
-from training.config import ConfigError, TrainConfig
-from training.export import export_onnx
-from training.models import build_model
-from verifier.certify import Pipeline
-from verifier.onnx_import import load_onnx
-from verifier.problems import linf_instances
-from verifier.spec import linf_ball
 
 ETA, EPS = 0.2, 0.1
 
@@ -83,7 +83,7 @@ def test_front_layer_box_holds_every_point_of_the_ball(tmp_path, seed):
 
 
 def test_floor_bounds_cover_rounding_at_integers():
-    from domains.network import Floor
+    from nncert.domains.network import Floor
 
     lo, hi = Floor().bounds(torch.tensor([3.0 - 1e-6, 2.5, 0.0]), torch.tensor([3.0 - 1e-6, 2.5, 0.0]))
     assert lo.tolist() == [2.0, 2.0, 0.0] and hi.tolist() == [3.0, 2.0, 0.0]  # 3 - 1e-6 may be 3 elsewhere

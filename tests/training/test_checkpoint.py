@@ -5,7 +5,7 @@ import random
 import numpy as np
 import torch
 
-from training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from nncert.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 
 
 def _draws(generator: torch.Generator) -> tuple:

@@ -7,11 +7,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cli.train import main
-from training import trainer
-from training.checkpoint import load_checkpoint
-from training.datasets import Dataset
-from training.models import build_model
+from nncert.cli.train import main
+from nncert.training import trainer
+from nncert.training.checkpoint import load_checkpoint
+from nncert.training.datasets import Dataset
+from nncert.training.models import build_model
 
 
 def _synthetic(name, split="test", data_dir=None):

@@ -7,11 +7,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cli.train import eps_value, main
+from nncert.cli.train import eps_value, main
+from nncert.training.checkpoint import load_checkpoint
+from nncert.training.datasets import load_dataset
+from nncert.training.models import build_model
 from tests.training.conftest import train_args
-from training.checkpoint import load_checkpoint
-from training.datasets import load_dataset
-from training.models import build_model
 
 METRIC_KEYS = {"epoch", "eps", "lr", "train_loss", "train_ce", "train_reg", "train_l1", "val_natural", "val_pgd",
                "val_box", "epoch_time_s", "eval_time_s"}

@@ -18,13 +18,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from cli.train import main
+from nncert.cli.train import main
+from nncert.training import distributed
+from nncert.training.config import TrainConfig
+from nncert.training.methods import BatchSetting
+from nncert.training.models import build_model, ibp_init
+from nncert.training.trainer import Objective, read_metrics
 from tests.training.conftest import train_args
-from training import distributed
-from training.config import TrainConfig
-from training.methods import BatchSetting
-from training.models import build_model, ibp_init
-from training.trainer import Objective, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"std": BatchSetting(0.0, natural=True, reg_weight=0.0),
@@ -104,7 +104,7 @@ def test_sync_batchnorm_keeps_the_state_and_single_process_behaviour():
 
 def _torchrun_train(args: list[str]) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "cli.train", "--", *args]
+               "-m", "nncert.cli.train", "--", *args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
 

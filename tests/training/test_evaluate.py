@@ -4,11 +4,11 @@ import json
 
 import torch
 
-from cli.train import main
+from nncert.cli.train import main
+from nncert.training.datasets import Dataset
+from nncert.training.evaluate import evaluate
+from nncert.training.models import build_model
 from tests.training.conftest import train_args
-from training.datasets import Dataset
-from training.evaluate import evaluate
-from training.models import build_model
 
 
 def _data(n=20):

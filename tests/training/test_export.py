@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.export import export_onnx, fold_batchnorm
-from training.models import build_model
+from nncert.training.export import export_onnx, fold_batchnorm
+from nncert.training.models import build_model
 
 
 def _trained_like(name: str, dataset: str = "mnist") -> nn.Sequential:

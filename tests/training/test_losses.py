@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domains.from_torch import network_from_torch
-from training.losses import box_cross_entropy, margin_lower_bounds, margin_matrix
-from training.methods import BatchSetting, method_loss
-from training.models import build_model, ibp_init
-from training.regions import linf_box
+from nncert.domains.from_torch import network_from_torch
+from nncert.training.losses import box_cross_entropy, margin_lower_bounds, margin_matrix
+from nncert.training.methods import BatchSetting, method_loss
+from nncert.training.models import build_model, ibp_init
+from nncert.training.regions import linf_box
 
 
 def _model(name="cnn3", seed=0):

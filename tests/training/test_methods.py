@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.methods import ibp_loss, sabr_loss
+from nncert.training.methods import ibp_loss, sabr_loss
 
 
 def _setup(seed=0):

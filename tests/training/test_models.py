@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from domains.from_torch import Normalize, network_from_torch
-from training.models import build_model, ibp_init
+from nncert.domains.from_torch import Normalize, network_from_torch
+from nncert.training.models import build_model, ibp_init
 
 
 @pytest.mark.parametrize("name", ["fc", "cnn3", "cnn5", "cnn7"])

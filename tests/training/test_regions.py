@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.models import build_model
-from training.regions import linf_box, sabr_region, small_box
+from nncert.training.models import build_model
+from nncert.training.regions import linf_box, sabr_region, small_box
 
 
 @settings(max_examples=200, deadline=None)

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from domains.box import propagate
-from domains.from_torch import network_from_torch
-from training.models import build_model, ibp_init
-from training.regularizers import _relu_balance, _tightness, l1_penalty, warmup_regularizer
+from nncert.domains.box import propagate
+from nncert.domains.from_torch import network_from_torch
+from nncert.training.models import build_model, ibp_init
+from nncert.training.regularizers import _relu_balance, _tightness, l1_penalty, warmup_regularizer
 
 
 def test_tightness_is_zero_once_widths_do_not_grow_beyond_one_over_tol():

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.train import main
+from nncert.cli.train import main
+from nncert.training import trainer
+from nncert.training.checkpoint import load_checkpoint
+from nncert.training.trainer import TIMING_FIELDS, read_metrics
 from tests.interrupt import interrupt_midway
 from tests.training.conftest import _cached_load, train_args
-from training import trainer
-from training.checkpoint import load_checkpoint
-from training.trainer import TIMING_FIELDS, read_metrics
 
 
 def _without_timing(records: list[dict]) -> list[dict]:
@@ -78,7 +78,7 @@ def test_killed_training_resumes_to_the_uninterrupted_run(tmp_path, fast_data, s
     """`train` killed after its first checkpoint exits 130; --resume ends with the parameters of a straight run."""
     run = tmp_path / "run"
     # one thread, as in this process: float sums in another order would change the last digits
-    code, err = interrupt_midway(["cli.train", *train_args(run, fast_data, "sabr", "cnn5", 3, "--threads", "1")],
+    code, err = interrupt_midway(["nncert.cli.train", *train_args(run, fast_data, "sabr", "cnn5", 3, "--threads", "1")],
                                  lambda: (run / "checkpoint.pt").is_file(), sig)
     assert code == 130 and "--resume" in err and "Traceback" not in err, err
     assert 1 <= load_checkpoint(run / "checkpoint.pt")["epoch"] <= 3

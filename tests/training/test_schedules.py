@@ -2,7 +2,7 @@
 
 import pytest
 
-from training.schedules import EpsSchedule, smooth_ramp
+from nncert.training.schedules import EpsSchedule, smooth_ramp
 
 
 def test_smooth_ramp_ends_and_monotone():

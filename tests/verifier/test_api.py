@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from cli.certify import demo_files, main
-from domains.from_torch import network_from_torch
+from nncert.cli.certify import demo_files, main
+from nncert.domains.from_torch import network_from_torch
+from nncert.verifier.api import BOUND_METHODS, as_model, bounds, certify, certify_vnnlib, linf_ball, robustness_matrix
+from nncert.verifier.onnx_import import load_onnx
+from nncert.verifier.spec import SpecError
 from tests.random_nets import KINDS, random_network, random_region
 from tests.soundness import box_points, concrete_minimum
-from verifier.api import BOUND_METHODS, as_model, bounds, certify, certify_vnnlib, linf_ball, robustness_matrix
-from verifier.onnx_import import load_onnx
-from verifier.spec import SpecError
 
 # the fields that do not depend on timing
 RECORD = ("index", "label", "predicted", "domain", "status")
@@ -83,9 +83,9 @@ def test_bad_arguments_raise_spec_errors():
 def test_certify_records_match_the_command(tmp_path, capsys):
     model_path, samples = demo_files()
     assert main([str(model_path), "--inputs", str(samples), "--num", "8", "--eps", "0.1", "--domain",
-                 "box,deeppoly,mnbab", "--timeout", "30", "--threads", "1", "--json", str(tmp_path / "cli.json"),
+                 "box,deeppoly,mnbab", "--timeout", "30", "--threads", "1", "--json", str(tmp_path / "nncert.cli.json"),
                  "--quiet"]) == 0
-    cli = json.loads((tmp_path / "cli.json").read_text())
+    cli = json.loads((tmp_path / "nncert.cli.json").read_text())
     data = np.load(samples)
     results = certify(model_path, data["x"][:8], data["y"][:8], 0.1, ("box", "deeppoly", "mnbab"), timeout=30,
                       json_path=tmp_path / "api.json")
@@ -121,8 +121,8 @@ def test_certify_vnnlib_matches_the_command(tmp_path, capsys):
     spec = tmp_path / "p.vnnlib"
     spec.write_text("\n".join(lines))
     assert main([str(path), "--vnnlib", str(spec), "--domain", "box,mnbab", "--threads", "1", "--json",
-                 str(tmp_path / "cli.json"), "--quiet"]) == 0
-    cli = [tuple(r[k] for k in RECORD) for r in json.loads((tmp_path / "cli.json").read_text())["results"]]
+                 str(tmp_path / "nncert.cli.json"), "--quiet"]) == 0
+    cli = [tuple(r[k] for k in RECORD) for r in json.loads((tmp_path / "nncert.cli.json").read_text())["results"]]
     for model, shape in ((path, None), (module, (6,)), (network_from_torch(module, (6,)), None)):
         rows = certify_vnnlib(model, spec, ("box", "mnbab"), input_shape=shape).rows
         assert [tuple(r[k] for k in RECORD) for r in rows] == cli

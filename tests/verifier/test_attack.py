@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
-from domains.from_torch import network_from_torch
+from nncert.domains.from_torch import network_from_torch
+from nncert.verifier.attack import output_diversified_start, pgd_attack
 from tests.paths import mnist_fc_property
 from tests.random_nets import fc_model
-from verifier.attack import output_diversified_start, pgd_attack
 
 
 def test_output_diversified_starts_lie_in_the_box_and_differ():
@@ -35,8 +35,8 @@ def test_finds_the_mnist_fc_counterexamples_that_uniform_restarts_miss(prop):
 def test_mnbab_searches_harder_before_branching():
     """256x4 prop_8_0.05: the pipeline's 5 restarts miss its counterexample for 2 seeds in 3 and
     branch-and-bound then ran into the timeout; MN-BaB's 50-restart search before branching finds it."""
-    from domains.mnbab import MNBaBConfig
-    from verifier.registry import Options, verify_mnbab
+    from nncert.domains.mnbab import MNBaBConfig
+    from nncert.verifier.registry import Options, verify_mnbab
 
     model, batch = mnist_fc_property("256x4", "prop_8_0.05")
     options = Options(mnbab=MNBaBConfig(multineuron=False))

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.certify import demo_files
+from nncert.cli.certify import demo_files
+from nncert.verifier.certify import Pipeline
+from nncert.verifier.onnx_import import load_onnx
+from nncert.verifier.problems import adapt_to_images, linf_instances, vnnlib_instance
+from nncert.verifier.results import ResultsFile
+from nncert.verifier.run import certify_instances
+from nncert.verifier.spec import linf_ball
+from nncert.verifier.vnnlib import parse_vnnlib
 from tests.paths import vnncomp_dir
 from tests.random_nets import random_network
-from verifier.certify import Pipeline
-from verifier.onnx_import import load_onnx
-from verifier.problems import adapt_to_images, linf_instances, vnnlib_instance
-from verifier.results import ResultsFile
-from verifier.run import certify_instances
-from verifier.spec import linf_ball
-from verifier.vnnlib import parse_vnnlib
 
 
 @pytest.mark.parametrize("kind", ["fc", "conv", "residual"])

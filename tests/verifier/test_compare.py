@@ -1,6 +1,6 @@
 """Comparison rows, tables and labels."""
 
-from verifier.compare import comparison_rows, comparison_table, model_labels
+from nncert.verifier.compare import comparison_rows, comparison_table, model_labels
 
 
 def test_labels_are_unique_short_names():

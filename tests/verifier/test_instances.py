@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from verifier.certify import Row
-from verifier.instances import (
+from nncert.verifier.certify import Row
+from nncert.verifier.instances import (
     BenchmarkInstance,
     InstanceResults,
     counterexample_text,
@@ -16,7 +16,7 @@ from verifier.instances import (
     run_instances,
     summarize_instances,
 )
-from verifier.spec import SpecError
+from nncert.verifier.spec import SpecError
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
-from cli.certify import demo_files
+from nncert.cli.certify import demo_files
+from nncert.verifier.onnx_import import OnnxImportError, load_onnx
 from tests.paths import vnncomp_dir
-from verifier.onnx_import import OnnxImportError, load_onnx
 
 OP_TYPES = ["Relu", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Conv", "Flatten", "Reshape", "Sigmoid", "MaxPool",
             "Transpose", "Identity", "Softmax", "Concat"]

@@ -16,10 +16,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from domains.activations import LeakyReLU, Sigmoid, Tanh
-from domains.from_torch import Normalize
-from domains.maxpool import MaxPool2d
-from domains.network import (
+from nncert.domains.activations import LeakyReLU, Sigmoid, Tanh
+from nncert.domains.from_torch import Normalize
+from nncert.domains.maxpool import MaxPool2d
+from nncert.domains.network import (
     AvgPool2d,
     Clip,
     Concat,
@@ -32,9 +32,9 @@ from domains.network import (
     Reshape,
     Transpose,
 )
+from nncert.verifier import onnx_import
+from nncert.verifier.onnx_import import OnnxImportError, OnnxModel, load_onnx
 from tests.paths import vnncomp_dir
-from verifier import onnx_import
-from verifier.onnx_import import OnnxImportError, OnnxModel, load_onnx
 
 VNNCOMP = vnncomp_dir() or Path("/nonexistent")
 RNG = np.random.default_rng(1234)
@@ -592,8 +592,8 @@ def test_disagreement_is_detected(tmp_path, monkeypatch):
 def test_matmul_on_a_2d_input_per_sample_is_bounded_soundly(tmp_path):
     """x [1, 3, 4] @ W (4, 5) + b is a Linear over the last axis, its bias once per row of x: DeepPoly and Box
     bounds of the flattened output hold at sampled inputs (the bias's constant has one entry per bound)."""
-    from domains import box
-    from domains.deeppoly import DeepPoly
+    from nncert.domains import box
+    from nncert.domains.deeppoly import DeepPoly
 
     nodes = [node("MatMul", ["x", "w"], "m"), node("Add", ["m", "b"], "a"), node("Relu", ["a"], "r"),
              node("Flatten", ["r"], "f"), node("Gemm", ["f", "w2", "b2"], transB=1)]

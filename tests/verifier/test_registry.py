@@ -9,12 +9,12 @@ import time
 import pytest
 import torch
 
-from domains.deeppoly import DeepPoly
-from domains.network import Linear, Network, ReLU
-from verifier import registry
-from verifier.certify import Instance, Pipeline
-from verifier.registry import Options
-from verifier.spec import OutputSpec, Property, PropertyBatch
+from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.network import Linear, Network, ReLU
+from nncert.verifier import registry
+from nncert.verifier.certify import Instance, Pipeline
+from nncert.verifier.registry import Options
+from nncert.verifier.spec import OutputSpec, Property, PropertyBatch
 
 ONE = torch.ones(1, dtype=torch.float64)
 

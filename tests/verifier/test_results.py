@@ -3,7 +3,7 @@
 import re
 import subprocess
 
-from verifier import results
+from nncert.verifier import results
 
 
 def test_versions_record_the_source_commit():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from verifier.results import ResultsFile
-from verifier.shard import Shard, ShardsIncomplete, merge_results, shard_files
-from verifier.spec import SpecError
+from nncert.verifier.results import ResultsFile
+from nncert.verifier.shard import Shard, ShardsIncomplete, merge_results, shard_files
+from nncert.verifier.spec import SpecError
 
 
 def test_shards_partition_the_items_round_robin():

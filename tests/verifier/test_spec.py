@@ -5,8 +5,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from verifier.spec import OutputSpec, Property, PropertyBatch, SpecError, linf_ball, parse_eps, robustness_spec
-from verifier.vnnlib import parse_vnnlib
+from nncert.verifier.spec import OutputSpec, Property, PropertyBatch, SpecError, linf_ball, parse_eps, robustness_spec
+from nncert.verifier.vnnlib import parse_vnnlib
 
 
 def test_robustness_spec_rows():

@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nncert.verifier.spec import Property, SpecError
+from nncert.verifier.vnnlib import parse_vnnlib, read_vnnlib
 from tests.paths import vnncomp_dir
-from verifier.spec import Property, SpecError
-from verifier.vnnlib import parse_vnnlib, read_vnnlib
 
 VNNCOMP = vnncomp_dir() or Path("/nonexistent")
 BENCHMARKS = {"2022_mnist_fc": (784, 10), "2022_oval21": (3072, 10), "acasxu": (5, 5)}

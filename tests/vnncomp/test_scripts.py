@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from nncert.verifier.instances import read_answer
+from nncert.verifier.onnx_import import load_onnx
+from nncert.verifier.spec import PropertyBatch
+from nncert.verifier.vnnlib import parse_vnnlib
 from tests.paths import vnncomp_dir
-from verifier.instances import read_answer
-from verifier.onnx_import import load_onnx
-from verifier.spec import PropertyBatch
-from verifier.vnnlib import parse_vnnlib
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "vnncomp"
 
