@@ -38,15 +38,20 @@ def argmin_on_box(A: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
 
 def backsubstitute(net: Network, start: int, A: Tensor, bounds: dict[int, tuple[Tensor, Tensor]],
                    relu_backward: ReluBackward | None = None,
-                   activation_backward: ReluBackward | None = None) -> tuple[Tensor, Tensor]:
+                   activation_backward: ReluBackward | None = None,
+                   stop: Callable[[int, Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Lower bound of ``A . x_start`` in terms of the input.
 
     Returns ``(A_in, const)``: the coefficients on the input (N, K, *input_shape)
     (zeros if nothing reached the input) and the constant (N, K), such that
     ``A . x_start >= A_in . x + const`` for every input x in the region. Nodes
     stopped at (ReLUs and activations without relaxation, monotone ops) are concretized into ``const`` using
-    ``bounds[node]``, so ``bounds`` needs the output bounds of those nodes.
+    ``bounds[node]``, so ``bounds`` needs the output bounds of those nodes; ``stop(node, A_node)`` -> (N, K),
+    when given, replaces that concretization (e.g. to defer it).
     """
+    if stop is None:
+        def stop(i: int, A_i: Tensor) -> Tensor:
+            return concretize(A_i, *bounds[i])
     pending = {start: A}
     const = A.new_zeros(A.shape[:2])
     for i in range(start, 0, -1):
@@ -55,12 +60,12 @@ def backsubstitute(net: Network, start: int, A: Tensor, bounds: dict[int, tuple[
         A_i = pending.pop(i)
         node = net.nodes[i]
         if isinstance(node.op, Monotone):
-            const = const + concretize(A_i, *bounds[i])
+            const = const + stop(i, A_i)
             continue
         if isinstance(node.op, ReLU | Activation):
             relax = relu_backward if isinstance(node.op, ReLU) else activation_backward
             if relax is None:
-                const = const + concretize(A_i, *bounds[i])
+                const = const + stop(i, A_i)
                 continue
             A_prev, c = relax(start, i, A_i)
             coefficients = [A_prev]

@@ -54,10 +54,10 @@ def bound_linear(net: Network, lower: Tensor, upper: Tensor, C: Tensor,
     """
     bounds = propagate(net, lower, upper) if bounds is None else bounds
     A_in, const = backsubstitute(net, len(net.nodes) - 1, C, dict(enumerate(bounds)))
-    return const + concretize(A_in, lower, upper) if _reaches_input(net) else const
+    return const + concretize(A_in, lower, upper) if reaches_input(net) else const
 
 
-def _reaches_input(net: Network) -> bool:
+def reaches_input(net: Network) -> bool:
     """Whether some path from the output to the input has no ReLU or monotone op, where back-substitution stops
     (otherwise its coefficients on the input are zero and their concretisation, costly on images, adds 0)."""
     reached = {len(net.nodes) - 1}

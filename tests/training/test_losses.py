@@ -4,12 +4,15 @@ convex combination of the adversarial and the IBP loss."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from nncert.domains.from_torch import network_from_torch
+from nncert.domains import box
+from nncert.domains.from_torch import Residual, network_from_torch
 from nncert.training.losses import box_cross_entropy, margin_lower_bounds, margin_matrix
 from nncert.training.methods import BatchSetting, method_loss
 from nncert.training.models import build_model, ibp_init
 from nncert.training.regions import linf_box
+from tests.random_nets import ACTIVATION_KINDS, KINDS, random_network
 
 
 def _model(name="cnn3", seed=0):
@@ -109,3 +112,44 @@ def test_margin_bounds_of_a_model_without_relu_are_exact():
         exact -= (A.abs() @ ((upper - lower) / 2).flatten(1)[..., None]).squeeze(-1)
         exact += (A @ ((upper + lower) / 2 - x).flatten(1)[..., None]).squeeze(-1)
     assert torch.allclose(margins, exact, atol=1e-4)  # skipping the input would leave C b
+
+
+def _skip_to_output_model() -> nn.Module:
+    """A residual block whose shortcut is an affine map of the input straight into the output: the
+    back-substitution stops at the ReLU on one path and reaches the input on the other."""
+    torch.manual_seed(5)
+    return nn.Sequential(Residual(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), nn.Linear(4, 3)))
+
+
+@pytest.mark.parametrize("kind", [*KINDS, *ACTIVATION_KINDS, "skip"])
+def test_margin_bounds_equal_the_per_sample_fold(kind):
+    """Folding C once per class gives Box's bounds with C folded once per sample (domains.box.bound_linear), up to
+    float rounding, on every network shape and on every kind of node where the back-substitution stops."""
+    model, net = (_skip_to_output_model(), None) if kind == "skip" else random_network(0, kind)
+    net = net or network_from_torch(model, (4,))
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(9, *net.input_shape, generator=g)
+    y = torch.randint(0, net.output_shape[0], (9,), generator=g)
+    lower, upper = x - 0.1, x + 0.1
+    with torch.no_grad():
+        per_class = margin_lower_bounds(net, lower, upper, y)
+        per_sample = box.bound_linear(net, lower, upper, margin_matrix(y, net.output_shape[0]))
+    assert per_class.shape == (9, net.output_shape[0])
+    assert (per_class.gather(1, y[:, None]) == 0).all()
+    assert torch.allclose(per_class, per_sample, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(per_class, per_class.roll(1, 0))  # the samples' bounds differ: the test can fail
+
+
+def test_margin_bounds_keep_the_gradient_of_the_per_sample_fold():
+    """The parameters' gradient of the IBP loss is that of the per-sample fold (training follows the same loss)."""
+    model = _model("cnn5").train()
+    x, y = _batch(seed=6)
+    lower, upper = linf_box(x, 0.05)
+    grads = []
+    for margins in (lambda net: margin_lower_bounds(net, lower, upper, y),
+                    lambda net: box.bound_linear(net, lower, upper, margin_matrix(y, 10))):
+        model.zero_grad()
+        box_cross_entropy(margins(network_from_torch(model.eval(), (1, 28, 28))), y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
