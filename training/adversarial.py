@@ -1,4 +1,9 @@
-"""PGD against a torch model, through the project's one PGD (domains.pgd), with BatchNorm in eval mode."""
+"""PGD against a torch model, through the project's one PGD (domains.pgd), with BatchNorm in eval mode.
+
+The attack differentiates with respect to the input only (no parameter gradient is computed), and
+strided convolutions of few channels, e.g. an image model's first layer, give their input's gradient in
+the faster sub-pixel form (training/subpixel.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nncert.domains.pgd import pgd_maximize
+from nncert.training.subpixel import SubpixelInputGradients
 
 # objective(logits (N, K), labels (N,)) -> (N,), maximised by the attack
 Objective = Callable[[Tensor, Tensor], Tensor]
@@ -36,8 +42,9 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, lower: Tensor, upper: Tensor,
     was_training = model.training
     model.eval()
     try:
-        point, _ = pgd_maximize(lambda z: objective(model(z), y), lower, upper, steps=steps, restarts=restarts,
-                                generator=generator, stop=stop)
+        with SubpixelInputGradients():
+            point, _ = pgd_maximize(lambda z: objective(model(z), y), lower, upper, steps=steps, restarts=restarts,
+                                    generator=generator, stop=stop)
     finally:
         model.train(was_training)
     return point
