@@ -6,7 +6,8 @@ through the real training loop, in rounds: each round runs every method once,
 so slow and busy phases of a shared machine hit all methods alike. The epoch
 time of a method is the median over its rounds and epochs; the ratio divides
 it by std's. sabr-1 is SABR with a one-step box search (--pgd-steps 1), to
-show what the search's eight steps cost.
+show what the search's eight steps cost; pgd (adversarial training with the
+same 8-step search) is a std step plus that search.
 
     python benchmarks/train_cost.py --data-dir ../shared/data --threads 1
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import io
 import json
 import statistics
@@ -31,11 +33,12 @@ import torch  # noqa: E402
 
 from nncert.cli.train import eps_value  # noqa: E402
 from nncert.training.config import TrainConfig  # noqa: E402
-from nncert.training.trainer import read_metrics, train, versions  # noqa: E402
+from nncert.training.trainer import read_metrics, train  # noqa: E402
+from nncert.verifier.results import versions  # noqa: E402
 
 # name -> (method, extra TrainConfig fields)
-METHODS = {"std": ("std", {}), "ibp": ("ibp", {}), "sabr": ("sabr", {}), "sabr-1": ("sabr", {"pgd_steps": 1}),
-           "mtl-ibp": ("mtl-ibp", {})}
+METHODS = {"std": ("std", {}), "pgd": ("pgd", {}), "ibp": ("ibp", {}), "sabr": ("sabr", {}),
+           "sabr-1": ("sabr", {"pgd_steps": 1}), "mtl-ibp": ("mtl-ibp", {})}
 SETTINGS = {"mnist": ("0.1", "cnn3"), "cifar10": ("2/255", "cnn3")}
 
 
@@ -76,7 +79,8 @@ def measure(args: argparse.Namespace) -> dict:
             std = statistics.median(times["std"])
             results[dataset] = {name: {"epoch_time_s": statistics.median(t), "vs_std": statistics.median(t) / std,
                                        "samples_s": t} for name, t in times.items()}
-    return {"benchmark": "train_cost", "command": " ".join(["python", *sys.argv]), "subset": args.subset,
+    return {"benchmark": "train_cost", "command": " ".join(["python", *sys.argv]),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "subset": args.subset,
             "epochs": args.epochs, "rounds": args.rounds, "threads": args.threads, "torch_threads":
             torch.get_num_threads(), "settings": SETTINGS, "versions": versions(), "results": results}
 
@@ -85,7 +89,8 @@ def markdown(result: dict) -> str:
     names = list(METHODS)
     lines = [f"Epoch time as a ratio to a std epoch (median of {result['rounds']} rounds x {result['epochs']} "
              f"epoch(s) on {result['subset']} training images, batch size of the paper's recipe, "
-             f"{result['threads']} thread(s), methods interleaved)", "",
+             f"{result['threads']} thread(s), methods interleaved; {result['date']}, commit "
+             f"{result['versions']['nncert_commit']})", "",
              "| dataset (eps, model) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for dataset, rows in result["results"].items():
         eps, model = result["settings"][dataset]
