@@ -32,11 +32,7 @@ def pgd_maximize(loss_fn: Callable[[Tensor], Tensor], lower: Tensor, upper: Tens
     lower, upper = lower.detach(), upper.detach()
     best_x, best_loss = lower.clone(), torch.full(lower.shape[:1], -torch.inf, device=lower.device,
                                                   dtype=lower.dtype)
-
-    def remember(x: Tensor, loss: Tensor) -> None:
-        better = loss > best_loss
-        best_loss[better] = loss[better]
-        best_x[better] = x[better]
+    per_sample = (-1,) + (1,) * (lower.dim() - 1)
 
     for restart in range(restarts):
         if restart == 0 and x0 is not None:
@@ -51,12 +47,15 @@ def pgd_maximize(loss_fn: Callable[[Tensor], Tensor], lower: Tensor, upper: Tens
             with torch.enable_grad():
                 loss = loss_fn(x)
                 total = loss.sum()
-            remember(x.detach(), loss.detach())
+            # keep the best point per sample (torch.where: no masked copies, which cost as much on images)
+            better = loss.detach() > best_loss
+            best_loss = torch.where(better, loss.detach(), best_loss)
+            best_x = torch.where(better.view(per_sample), x.detach(), best_x)
             if step == steps or (stop is not None and bool(stop(best_loss).all())):
                 break  # before the backward pass: the last point's gradient would go unused
             grad, = torch.autograd.grad(total, x)
             size = step_size * _decay_factor(step + 1, steps, decay)
-            x = torch.minimum(torch.maximum(x.detach() + size * width * grad.sign(), lower), upper)
+            x = torch.addcmul(x.detach(), width, grad.sign(), value=size).clamp_(lower, upper)
         if stop is not None and bool(stop(best_loss).all()):
             break
     return best_x, best_loss

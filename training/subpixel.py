@@ -7,9 +7,10 @@ the rest of the backward pass. Split by the phase of the output position modulo 
 transposed convolution is s^2 stride-1 correlations with the flipped sub-kernels W[..., a::s, b::s];
 stacked as the output channels of one convolution and interleaved by a pixel shuffle, they give the same
 gradient (up to float rounding) from a convolution with s^2 times more output channels on s^2 times fewer
-pixels, which the forward kernels handle well. For stride 1 or wider inputs the transposed convolution is
-as fast or faster (benchmarks/conv_input_gradient.py on the cnn3, cnn5 and cnn7 layers), so only strided
-layers with at most MAX_IN_CHANNELS input channels take this path.
+pixels, which the forward kernels handle well: 2-5x faster there. On the other layers of cnn3, cnn5 and
+cnn7 neither form is consistently faster, the sub-pixel one up to 2x slower on cnn7's
+(benchmarks/conv_input_gradient.py), so only strided layers with at most MAX_IN_CHANNELS input channels
+take this path.
 """
 
 from __future__ import annotations
