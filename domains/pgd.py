@@ -48,8 +48,9 @@ def pgd_maximize(loss_fn: Callable[[Tensor], Tensor], lower: Tensor, upper: Tens
                 loss = loss_fn(x)
                 total = loss.sum()
             # keep the best point per sample (torch.where: no masked copies, which cost as much on images)
-            better = loss.detach() > best_loss
-            best_loss = torch.where(better, loss.detach(), best_loss)
+            value = loss.detach()
+            better = value > best_loss
+            best_loss = torch.where(better, value, best_loss)
             best_x = torch.where(better.view(per_sample), x.detach(), best_x)
             if step == steps or (stop is not None and bool(stop(best_loss).all())):
                 break  # before the backward pass: the last point's gradient would go unused
