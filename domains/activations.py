@@ -175,6 +175,28 @@ class SShaped(Activation):
         b_l, b_u = b_l - eps * (1 + b_l.abs()), b_u + eps * (1 + b_u.abs())
         return LinearBounds(a_l.to(lower.dtype), b_l.to(lower.dtype), a_u.to(lower.dtype), b_u.to(lower.dtype))
 
+    def split_point(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """Where branch-and-bound splits [l, u] (same shape): at 0 where l < 0 < u, so that f is convex on one
+        part and concave on the other (each part's lines are then a tangent and the chord), else at the midpoint."""
+        return torch.where((lower < 0) & (upper > 0), torch.zeros_like(lower), (lower + upper) / 2)
+
+    def gaps(self, lower: Tensor, upper: Tensor, lines: LinearBounds) -> tuple[Tensor, Tensor]:
+        """The largest distance of the lower and of the upper line from f on [l, u], float64: bounds (N, *s),
+        lines (N, K, *s) -> (N, K, *s) each. A bound loses at most a neuron's coefficient times the gap of the
+        line it uses there."""
+        lo, hi = _rows(lower.double()), _rows(upper.double())
+        below = self.offset(lines.lower_slope.double(), lo, hi, lowest=False) - lines.lower_intercept.double()
+        above = lines.upper_intercept.double() - self.offset(lines.upper_slope.double(), lo, hi, lowest=True)
+        return below, above
+
+    def splittable(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """Where splitting [l, u] can still tighten the relaxation (N, *s) bool: finite bounds whose default
+        lines lie further from f than twice the widening of their intercepts."""
+        lines = self.relax(lower, upper)
+        below, above = (gap[:, 0] for gap in self.gaps(lower, upper, lines))
+        widening = ULPS * torch.finfo(lower.dtype).eps * (2 + lines.lower_intercept.abs() + lines.upper_intercept.abs())
+        return torch.isfinite(lower) & torch.isfinite(upper) & (below + above > 2 * widening[:, 0].double())
+
     def offset(self, a: Tensor, lo: Tensor, hi: Tensor, lowest: bool) -> Tensor:
         """min (``lowest``) or max of f(x) - a x over [lo, hi], float64: at lo, hi or +-x_a inside.
 

@@ -41,10 +41,12 @@ import torch
 from torch import Tensor
 
 from nncert.domains import decide
+from nncert.domains.activations import SShaped
 from nncert.domains.alpha import AlphaDeepPoly, NeuronSlopes, StopBy
 from nncert.domains.backsub import argmin_on_box, concretize
 from nncert.domains.box import Bounds
 from nncert.domains.milp import CERTIFY_TOL, SplitLP, unsupported_op
+from nncert.domains.network import Network, ReLU
 from nncert.domains.pgd import pgd_maximize
 from nncert.domains.pool import Batch, Pool
 
@@ -110,7 +112,7 @@ class SplitDeepPoly(AlphaDeepPoly):
         self.gamma: dict[int, Tensor] = {}  # relu -> (N, K, H) >= 0
         self.intermediate_gamma = False  # whether optimising creates inter_gamma
         self.inter_gamma: dict[tuple[int, int], Tensor] = {}  # (start, relu) -> (N, 2K, H) >= 0
-        self.coefficients: dict[int, Tensor] = {}  # relu -> A at its output in the last final pass
+        self.coefficients: dict[int, Tensor] = {}  # activation -> A at its output in the last final pass
 
     def multipliers(self, start: int, relu: int, A: Tensor) -> Tensor | None:
         """gamma of ``relu``'s constraints in the back-substitution of A (N, K, *s) from ``start``, if any."""
@@ -120,6 +122,11 @@ class SplitDeepPoly(AlphaDeepPoly):
         if key not in self.inter_gamma and self.create_alpha and self.intermediate_gamma and relu in self.constraints:
             self.inter_gamma[key] = A.new_zeros(*A.shape[:2], len(self.constraints[relu])).requires_grad_(True)
         return self.inter_gamma.get(key)
+
+    def activation_backward(self, start: int, node: int, A: Tensor) -> tuple[Tensor, Tensor]:
+        if start == self.output:
+            self.coefficients[node] = A.detach()
+        return super().activation_backward(start, node, A)
 
     def relu_backward(self, start: int, relu: int, A: Tensor) -> tuple[Tensor, Tensor]:
         """As DeepPoly, plus gamma * (a x + b y + c) <= 0, and -beta * s x <= 0 in the final bound."""
@@ -169,9 +176,10 @@ class SplitDeepPoly(AlphaDeepPoly):
 class Subproblems(Batch):
     """A batch of subproblems as stacked tensors; every field has the batch as its first dim.
 
-    bounds: pre-activation node -> (lo, hi) (N, *s); split, alpha, beta, gamma: relu node ->
-    (N, *s) / (N, K, *s) / (N, K, *s) / (N, K, H); lower: (N, K) row bounds; depth: (N,); spec: (N,)
-    which row set of the search's C and d the subproblem bounds.
+    bounds: pre-activation node of every split node (:func:`split_nodes`) -> (lo, hi) (N, *s); split, beta,
+    gamma: relu node -> (N, *s) / (N, K, *s) / (N, K, H); alpha: activation node -> its final bound's
+    parameters (N, K, *p); lower: (N, K) row bounds; depth: (N,); spec: (N,) which row set of the search's C
+    and d the subproblem bounds.
     """
 
     bounds: dict[int, Bounds]
@@ -182,12 +190,12 @@ class Subproblems(Batch):
     lower: Tensor
     depth: Tensor
     spec: Tensor
-    score: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) branching scores
-    backup: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) second candidates' scores
+    score: dict[int, Tensor] = field(default_factory=dict)  # split node -> (N, n) branching scores
+    backup: dict[int, Tensor] = field(default_factory=dict)  # split node -> (N, n) second candidates' scores
 
     def branchable(self) -> Tensor:
-        """Whether an unstable, unsplit neuron is left (N,); the others are solved exactly."""
-        if not self.score:  # a network without ReLUs
+        """Whether a neuron worth splitting is left (N,); the others are solved exactly."""
+        if not self.score:  # a network without ReLUs or S-shaped activations
             return torch.zeros(len(self.lower), dtype=torch.bool, device=self.lower.device)
         return torch.cat(list(self.score.values()), 1).amax(1) >= 0
 
@@ -223,6 +231,12 @@ class BaBConfig:
     lp_max_neurons: int = 20000
 
 
+def split_nodes(net: Network) -> list[int]:
+    """The nodes branch-and-bound splits: ReLUs on the sign of their input, S-shaped activations (Sigmoid,
+    Tanh) at a point of their input's interval (:meth:`~domains.activations.SShaped.split_point`)."""
+    return [i for i, node in enumerate(net.nodes) if isinstance(node.op, ReLU | SShaped)]
+
+
 def preactivation_bias(net, node: int, like: Tensor) -> Tensor:
     """The constant term of an affine node, its output at zero inputs (*shape); zero for the input node."""
     inputs = [like.new_zeros(1, *net.shapes[i]) for i in net.nodes[node].inputs]
@@ -240,7 +254,16 @@ class BaBResult:
 
 
 class BranchAndBound:
-    """Branch-and-bound over ReLU splits for row sets C (S, K, n_out), d (S, K).
+    """Branch-and-bound over neuron splits for row sets C (S, K, n_out), d (S, K).
+
+    A ReLU split fixes the sign of its input (the split constraint enters
+    with a multiplier beta); a split of a Sigmoid or Tanh neuron cuts its
+    input's interval [l, u] at a point p into [l, p] and [p, u], and each
+    child's relaxation is rebuilt from its narrowed bounds (f is convex or
+    concave on each part once p = 0, where the lines are far tighter).
+    Splitting S-shaped neurons never makes a subproblem exact, so a search on
+    a network with them is not complete in finite time; every ``certified``
+    it returns is sound.
 
     :meth:`run` searches one clause of one property (S = 1): the clause is
     excluded from a subproblem once some row has ``C y > d`` on all of it;
@@ -256,7 +279,8 @@ class BranchAndBound:
         self.deadline = deadline
         self.net = root.net
         self.relus = root.net.relu_nodes
-        self.pre = {r: root.net.nodes[r].inputs[0] for r in self.relus}
+        self.nodes = split_nodes(root.net)
+        self.pre = {r: root.net.nodes[r].inputs[0] for r in self.nodes}
         self.stats = {"subproblems": 0, "batches": 0, "max_queue": 0, "pruned_infeasible": 0, "pruned_by_branching": 0}
         self.root_slopes = NeuronSlopes.of(root)
         self.lp: SplitLP | None = None  # built on first use
@@ -333,7 +357,7 @@ class BranchAndBound:
         score, backup = self.scores(dp)
         new = Subproblems(
             bounds={node: dp.bounds[node] for node in self.pre.values()}, split=sub.split,
-            alpha={r: params[("alpha", r)] for r in self.relus if ("alpha", r) in params} or sub.alpha,
+            alpha={node: p for (kind, node), p in params.items() if kind == "alpha"} or sub.alpha,
             beta={r: params[("beta", r)] for r in sub.beta}, gamma={r: params[("gamma", r)] for r in sub.gamma},
             lower=row_lower, depth=sub.depth, spec=sub.spec, score=score, backup=backup)
         return new, self.feasible(dp), candidates
@@ -356,7 +380,16 @@ class BranchAndBound:
         return torch.where(self.feasible(dp), margin, decide.empty_margin(margin))
 
     def scores(self, dp: SplitDeepPoly) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
-        """Branching scores of every neuron (N, n), -1 for stable or split ones: (primary, backup).
+        """Branching scores of every neuron of every split node (N, n), -1 where there is nothing to split:
+        (primary, backup); see :meth:`relu_scores` and :meth:`curve_scores`."""
+        primary, backup = {}, {}
+        for node in self.nodes:
+            score = self.relu_scores if isinstance(self.net.nodes[node].op, ReLU) else self.curve_scores
+            primary[node], backup[node] = score(dp, node)
+        return primary, backup
+
+    def relu_scores(self, dp: SplitDeepPoly, r: int) -> tuple[Tensor, Tensor]:
+        """Scores of ReLU ``r``'s neurons (N, n), -1 for stable or split ones: (primary, backup).
 
         A is y's coefficient in the final bound, ``y <= s (x - l)`` the upper
         line (s = u / (u - l)). The backup is what the line's offset costs the
@@ -366,29 +399,44 @@ class BranchAndBound:
         MN-BaB's active-constraint score (``acs``) weighs each neuron by the
         multipliers of the multi-neuron constraints it lies in, BaBSR where none is active.
         """
-        primary, backup = {}, {}
-        for r in self.relus:
-            lo, hi = (t.flatten(1) for t in dp.bounds[self.pre[r]])
-            unstable = (lo < 0) & (hi > 0)
-            A = dp.coefficients[r].flatten(2)  # (N, K, n)
-            slope, intercept = (t.flatten(1) for t in dp.upper_lines[r])  # y <= slope x + intercept
-            offset = A.clamp(max=0).neg() * intercept.unsqueeze(1)  # (N, K, n) >= 0
-            slope = slope.unsqueeze(1)
-            bias_A = A * self.bias[r]
-            score = (offset + torch.minimum(bias_A * (1 - slope), -bias_A * slope)).abs().mean(1)
-            if self.config.branching == "acs" and r in dp.gamma:
-                active = dp.constraints[r].per_neuron(dp.gamma[r], self.net.shapes[r]).flatten(2).sum(1)
-                score = torch.where(active.amax(1, keepdim=True) > 1e-6, active, score)
-            # the offset (then the relaxation's width) also breaks ties, and decides when all else vanishes
-            offset_score = offset.mean(1) + 1e-6 * intercept
-            primary[r] = torch.where(unstable, score + 1e-6 * offset_score, torch.full_like(score, -1.0))
-            backup[r] = torch.where(unstable, offset_score, torch.full_like(score, -1.0))
-        return primary, backup
+        lo, hi = (t.flatten(1) for t in dp.bounds[self.pre[r]])
+        unstable = (lo < 0) & (hi > 0)
+        A = dp.coefficients[r].flatten(2)  # (N, K, n)
+        slope, intercept = (t.flatten(1) for t in dp.upper_lines[r])  # y <= slope x + intercept
+        offset = A.clamp(max=0).neg() * intercept.unsqueeze(1)  # (N, K, n) >= 0
+        slope = slope.unsqueeze(1)
+        bias_A = A * self.bias[r]
+        score = (offset + torch.minimum(bias_A * (1 - slope), -bias_A * slope)).abs().mean(1)
+        if self.config.branching == "acs" and r in dp.gamma:
+            active = dp.constraints[r].per_neuron(dp.gamma[r], self.net.shapes[r]).flatten(2).sum(1)
+            score = torch.where(active.amax(1, keepdim=True) > 1e-6, active, score)
+        # the offset (then the relaxation's width) also breaks ties, and decides when all else vanishes
+        offset_score = offset.mean(1) + 1e-6 * intercept
+        return (torch.where(unstable, score + 1e-6 * offset_score, torch.full_like(score, -1.0)),
+                torch.where(unstable, offset_score, torch.full_like(score, -1.0)))
+
+    def curve_scores(self, dp: SplitDeepPoly, node: int) -> tuple[Tensor, Tensor]:
+        """Scores of S-shaped ``node``'s neurons (N, n), -1 where splitting gains nothing (both the same).
+
+        At most what the relaxation costs the bound: ``A+ g_l + (-A)+ g_u``
+        averaged over the rows, with g_l, g_u the largest distances of the
+        lower and the upper line from f on [l, u]; in the units of a ReLU's
+        backup score (what its upper line's offset costs), so both kinds of
+        neurons are ranked together, and the filtered smart branching tries
+        the best candidates of either.
+        """
+        op = self.net.nodes[node].op
+        lo, hi = dp.bounds[self.pre[node]]
+        below, above = op.gaps(lo, hi, op.relax(lo, hi, dp.alpha.get((dp.output, node))))
+        A = dp.coefficients[node].double()
+        score = (A.clamp(min=0) * below - A.clamp(max=0) * above).mean(1).flatten(1).to(lo.dtype)
+        score = torch.where(op.splittable(lo, hi).flatten(1), score, torch.full_like(score, -1.0))
+        return score, score
 
     # -- branching ---------------------------------------------------------------------------------
 
     def decide(self, sub: Subproblems) -> tuple[Tensor, Tensor]:
-        """The neuron to split in each subproblem, as a flat index over all ReLU layers (N,), and a cheap
+        """The neuron to split in each subproblem, as a flat index over all split nodes (N,), and a cheap
         clause margin of each of its children (2N, in the order of :meth:`children`; -inf if not bounded).
 
         The primary score ranks the candidates; with ``fsb_candidates`` k > 1
@@ -397,12 +445,12 @@ class BranchAndBound:
         parent's multipliers, no refinement), and the candidate whose better
         child is best wins. Pruning one child at once beats lifting both a little.
         """
-        flat = torch.cat([sub.score[r] for r in self.relus], dim=1)  # (N, total)
+        flat = torch.cat([sub.score[r] for r in self.nodes], dim=1)  # (N, total)
         k = min(self.config.fsb_candidates, flat.shape[1])
         if k <= 1:
             choice = flat.argmax(1)
             return choice, torch.full((2 * len(choice),), -torch.inf, dtype=self.d.dtype, device=choice.device)
-        backup = torch.cat([sub.backup[r] for r in self.relus], dim=1)
+        backup = torch.cat([sub.backup[r] for r in self.nodes], dim=1)
         top = torch.cat([flat.topk(k, dim=1).indices, backup.topk(k, dim=1).indices], 1)  # (N, 2k)
         # a few candidates at a time: the trials take no more memory than a batch of children
         margins, n = [], len(sub)
@@ -416,30 +464,42 @@ class BranchAndBound:
         return top.gather(1, best.unsqueeze(1)).squeeze(1), picked
 
     def locate(self, sub: Subproblems, choice: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat neuron indices over all ReLU layers (N,) as (position in ``self.relus``, index in its layer)."""
-        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.relus]], device=choice.device).cumsum(0)
+        """Flat neuron indices over all split nodes (N,) as (position in ``self.nodes``, index in its node)."""
+        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.nodes]], device=choice.device).cumsum(0)
         layer = torch.searchsorted(offsets[1:], choice.contiguous(), right=True)
         return layer, choice - offsets[layer]
 
     def children(self, sub: Subproblems, choice: Tensor) -> Subproblems:
-        """Both children (inactive first, then active) of each subproblem splitting neuron ``choice`` (N,)."""
+        """Both children of each subproblem splitting neuron ``choice`` (N,): the lower part of its input's
+        interval first (a ReLU inactive), then the upper part (active)."""
         layer, index = (t.repeat(2) for t in self.locate(sub, choice))
         n = len(sub)
         sign = torch.cat([-torch.ones(n, dtype=torch.int8), torch.ones(n, dtype=torch.int8)]).to(choice.device)
         out = sub.repeat(2)
-        for li, r in enumerate(self.relus):
+        for li, node in enumerate(self.nodes):
             rows = torch.nonzero(layer == li).flatten()
             if len(rows) == 0:
                 continue
-            cols, active = index[rows], sign[rows] > 0
-            split = out.split[r].flatten(1).clone()
-            split[rows, cols] = sign[rows]
-            out.split[r] = split.view_as(out.split[r])
-            shape = out.bounds[self.pre[r]][0].shape
-            lo, hi = (t.flatten(1).clone() for t in out.bounds[self.pre[r]])
-            lo[rows[active], cols[active]] = lo[rows[active], cols[active]].clamp(min=0.0)
-            hi[rows[~active], cols[~active]] = hi[rows[~active], cols[~active]].clamp(max=0.0)
-            out.bounds[self.pre[r]] = (lo.view(shape), hi.view(shape))
+            cols, upper_part = index[rows], sign[rows] > 0
+            op = self.net.nodes[node].op
+            shape = out.bounds[self.pre[node]][0].shape
+            lo, hi = (t.flatten(1).clone() for t in out.bounds[self.pre[node]])
+            if isinstance(op, ReLU):
+                split = out.split[node].flatten(1).clone()
+                split[rows, cols] = sign[rows]
+                out.split[node] = split.view_as(out.split[node])
+                point = torch.zeros_like(lo[rows, cols])
+            else:
+                point = op.split_point(lo[rows, cols], hi[rows, cols])
+            lo[rows[upper_part], cols[upper_part]] = torch.maximum(lo[rows[upper_part], cols[upper_part]],
+                                                                   point[upper_part])
+            hi[rows[~upper_part], cols[~upper_part]] = torch.minimum(hi[rows[~upper_part], cols[~upper_part]],
+                                                                     point[~upper_part])
+            out.bounds[self.pre[node]] = (lo.view(shape), hi.view(shape))
+            if not isinstance(op, ReLU) and node in out.alpha:  # the split neuron's lines start from its defaults
+                params = out.alpha[node].flatten(3).clone()  # (2N, K, 2, n)
+                params[rows, :, :, cols] = op.init_params(lo[rows, cols], hi[rows, cols]).unsqueeze(1).to(params)
+                out.alpha[node] = params.view_as(out.alpha[node])
         out.depth = out.depth + 1
         return out
 
@@ -454,7 +514,7 @@ class BranchAndBound:
 
     def split(self, sub: Subproblems, choice: Tensor) -> tuple[Subproblems, Tensor]:
         """:meth:`children`, and the node after the pre-activation each child's split changed (2N,)."""
-        after_split = torch.tensor([self.pre[r] + 1 for r in self.relus], device=choice.device)
+        after_split = torch.tensor([self.pre[r] + 1 for r in self.nodes], device=choice.device)
         return self.children(sub, choice), after_split[self.locate(sub, choice)[0]].repeat(2)
 
     # -- search ------------------------------------------------------------------------------------
@@ -559,8 +619,9 @@ class BranchAndBound:
     def solve_leaves(self, leaves: Subproblems) -> BaBResult | None:
         """Fully split subproblems are LPs (no unstable ReLU left): solve them exactly.
 
-        Their remaining LeakyReLUs and MaxPools are encoded exactly too; with a
-        Sigmoid or Tanh there is no exact solver, and the search ends unknown.
+        Their MaxPools are encoded exactly too (a binary per window input);
+        with a Sigmoid or Tanh (all of whose neurons are then too narrow to
+        split further) there is no exact solver, and the search ends unknown.
         Returns a final result (counterexample, timeout or undecidable) or None
         if every leaf is certified.
         """

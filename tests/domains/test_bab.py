@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nncert.domains import decide
+from nncert.domains.activations import SShaped
 from nncert.domains.alpha import NeuronSlopes
 from nncert.domains.bab import (
     BaBConfig,
@@ -16,6 +17,7 @@ from nncert.domains.bab import (
     SplitDeepPoly,
     Subproblems,
     preactivation_bias,
+    split_nodes,
 )
 from nncert.domains.from_torch import network_from_torch
 from nncert.domains.milp import SplitLP
@@ -190,10 +192,10 @@ def _search_at_root(kind, seed, rows, config):
     search = BranchAndBound(dp, C, torch.full((1, rows), 20.0), config,
                             lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
     params = dp.final_parameters()
-    pre = {r: net.nodes[r].inputs[0] for r in net.relu_nodes}
-    root = Subproblems(bounds={pre[r]: dp.bounds[pre[r]] for r in net.relu_nodes},
+    pre = {r: net.nodes[r].inputs[0] for r in split_nodes(net)}
+    root = Subproblems(bounds={pre[r]: dp.bounds[pre[r]] for r in split_nodes(net)},
                        split={r: torch.zeros(1, *net.shapes[r], dtype=torch.int8) for r in net.relu_nodes},
-                       alpha={r: params[("alpha", r)] for r in net.relu_nodes},
+                       alpha={node: p for (kind, node), p in params.items() if kind == "alpha"},
                        beta={r: torch.zeros(1, rows, *net.shapes[r]) for r in net.relu_nodes}, gamma={},
                        lower=torch.full((1, rows), -torch.inf), depth=torch.zeros(1, dtype=torch.long),
                        spec=torch.zeros(1, dtype=torch.long))
@@ -230,6 +232,47 @@ def test_children_bounds_with_the_roots_slopes_are_sound(kind, seed):
             for node, (lo, hi) in sub.bounds.items():
                 assert (values[node] >= lo[i] - 1e-5).all() and (values[node] <= hi[i] + 1e-5).all()
     assert checked > 0
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("seed", range(2))
+def test_children_hold_their_parents_points_when_s_shaped_neurons_split(kind, seed):
+    """Every sampled point of a parent's region lies in one of its children (by the split neuron's value), and
+    that child's bounds, after bounding, contain the point's node values and its row bounds lie below the
+    point's C y; a child found empty holds no point. On Sigmoid / Tanh / ReLU nets, where both kinds split."""
+    net, lower, upper, search, root = _search_at_root(kind, seed, rows=2, config=BaBConfig(iterations=2))
+    points = lower + (upper - lower) * torch.rand(3000, *lower.shape[1:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        values = net(points, return_all=True)
+    rows = torch.einsum("kj,pj->pk", search.C[0], values[-1])  # (P, K)
+    sub, owner, curve_splits = root, torch.zeros(len(points), dtype=torch.long), 0
+    for _ in range(4):
+        keep = sub.branchable()
+        points_kept = keep[owner]
+        sub, owner = sub.select(keep), (keep.cumsum(0) - 1)[owner[points_kept]]
+        values, rows = [v[points_kept] for v in values], rows[points_kept]
+        if len(sub) == 0:
+            break
+        choice, _ = search.decide(sub)
+        children, refine_from = search.split(sub, choice)
+        layer, index = search.locate(sub, choice)
+        curve_splits += sum(isinstance(net.nodes[search.nodes[li]].op, SShaped) for li in layer.tolist())
+        pre = torch.tensor([search.pre[search.nodes[li]] for li in layer.tolist()])
+        split_value = torch.stack([values[int(pre[i])].flatten(1)[:, int(index[i])] for i in range(len(sub))], 1)
+        value = split_value.gather(1, owner[:, None])[:, 0]  # each point's value of its parent's split neuron
+        first_hi = torch.stack([children.bounds[int(pre[i])][1].flatten(1)[i, index[i]] for i in range(len(sub))])
+        second_lo = torch.stack([children.bounds[int(pre[i])][0].flatten(1)[len(sub) + i, index[i]]
+                                 for i in range(len(sub))])
+        in_first, in_second = value <= first_hi[owner] + 1e-6, value >= second_lo[owner] - 1e-6
+        assert (in_first | in_second).all()
+        owner = torch.where(in_first, owner, owner + len(sub))
+        sub, feasible, _ = search.bound(children, refine_from, iterations=2)
+        assert feasible[owner].all()
+        for node, (lo, hi) in sub.bounds.items():
+            v = values[node].flatten(1)
+            assert (v >= lo.flatten(1)[owner] - 1e-5).all() and (v <= hi.flatten(1)[owner] + 1e-5).all(), node
+        assert (sub.lower[owner] <= rows + 1e-5).all()
+    assert curve_splits > 0
 
 
 @pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
@@ -367,8 +410,8 @@ def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind, 
     assert len(sub) > 0
     choice, trial = search.decide(sub)
     assert torch.equal(trial, search.quick_margin(search.children(sub, choice)))  # the chosen children's margins
-    primary = torch.cat([sub.score[r] for r in search.relus], 1)
-    backup = torch.cat([sub.backup[r] for r in search.relus], 1)
+    primary = torch.cat([sub.score[r] for r in search.nodes], 1)
+    backup = torch.cat([sub.backup[r] for r in search.nodes], 1)
     for i in range(len(sub)):
         one = sub.select(torch.tensor([i]))
         candidates = {c for c in primary[i].topk(k).indices.tolist() + backup[i].topk(k).indices.tolist()
