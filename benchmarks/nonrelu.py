@@ -11,6 +11,12 @@ PGD attack first, as always):
 - ``mlp_leakyrelu``: the same with LeakyReLU(0.1);
 - ``cnn_maxpool``: Conv(8, 4x4, stride 2) - ReLU - MaxPool(2) - 64 - ReLU - 10.
 
+On the Sigmoid and Tanh networks MN-BaB runs a second time without splitting
+their neurons (``BaBConfig(split_activations=False)``, through the Python API
+with the same domains and otherwise the CLI's defaults): domain ``mnbab-nosplit``, where
+branch-and-bound has nothing to split and every clause the root leaves open
+ends unknown.
+
     python benchmarks/nonrelu.py --data-dir ../shared/data --threads 1
 
 Writes ``benchmarks/results/nonrelu.{json,md}`` (certified counts and times per
@@ -34,11 +40,17 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from nncert.cli.certify import main as certify  # noqa: E402
+from nncert.domains.bab import BaBConfig  # noqa: E402
 from nncert.domains.from_torch import Normalize  # noqa: E402
+from nncert.domains.mnbab import MNBaBConfig  # noqa: E402
 from nncert.training.datasets import MEAN, STD, load_dataset  # noqa: E402
+from nncert.verifier.api import certify as certify_api  # noqa: E402
+from nncert.verifier.registry import Options  # noqa: E402
 from nncert.verifier.results import command_line, versions  # noqa: E402
 
 DOMAINS = ("box", "deeppoly", "mnbab")
+NO_SPLIT = "mnbab-nosplit"  # MN-BaB without splitting Sigmoid / Tanh neurons
+SPLIT_ABLATION = ("mlp_sigmoid", "mlp_tanh")
 
 
 def mlp(activation: type[nn.Module] | nn.Module) -> nn.Sequential:
@@ -107,9 +119,16 @@ def main() -> None:
         if code != 0:
             raise SystemExit(f"certify failed on {name} (exit {code})")
         summary = json.loads(out.read_text())["summary"]
-        for domain in DOMAINS:
+        domains = list(DOMAINS)
+        if name in SPLIT_ABLATION:
+            options = Options(mnbab=MNBaBConfig(bab_config=BaBConfig(split_activations=False)))
+            results = certify_api(str(work / f"{name}.onnx"), test.x, test.y, args.eps, DOMAINS,
+                                  timeout=args.timeout, options=options, json_path=work / f"{name}_nosplit.json")
+            summary[NO_SPLIT] = results.summary["mnbab"]
+            domains.append(NO_SPLIT)
+        for domain in domains:
             rows.append({"network": name, "train_s": round(train_s, 1), "domain": domain, **summary[domain]})
-        print(name, {d: summary[d]["certified"] for d in DOMAINS}, flush=True)
+        print(name, {d: summary[d]["certified"] for d in domains}, flush=True)
     meta = {"command": command_line(), "versions": versions(), "eps": args.eps, "num": args.num,
             "timeout_s": args.timeout, "epochs": args.epochs, "threads": args.threads, "seed": args.seed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -216,6 +216,9 @@ class BaBConfig:
     batch_memory: int | None = None  # bytes the optimisation of one batch's children may take (None: no cap)
     max_depth: int = 1000  # a guard: fully split subproblems are solved exactly before this
     recompute_intermediate: bool = True  # refine the bounds of layers after the split (else only clamp)
+    # split Sigmoid and Tanh neurons too (False: only ReLUs, whose fully split subproblems then end unknown on
+    # such networks: the ablation of benchmarks/nonrelu.py)
+    split_activations: bool = True
     # filtered smart branching: the top candidates of each score tried per split (1: take the best score)
     fsb_candidates: int = 8
     attack_seeds: int = 8  # per batch, bound minimisers refined by PGD into counterexample candidates
@@ -231,10 +234,12 @@ class BaBConfig:
     lp_max_neurons: int = 20000
 
 
-def split_nodes(net: Network) -> list[int]:
-    """The nodes branch-and-bound splits: ReLUs on the sign of their input, S-shaped activations (Sigmoid,
-    Tanh) at a point of their input's interval (:meth:`~domains.activations.SShaped.split_point`)."""
-    return [i for i, node in enumerate(net.nodes) if isinstance(node.op, ReLU | SShaped)]
+def split_nodes(net: Network, activations: bool = True) -> list[int]:
+    """The nodes branch-and-bound splits: ReLUs on the sign of their input and, with ``activations``, S-shaped
+    activations (Sigmoid, Tanh) at a point of their input's interval
+    (:meth:`~domains.activations.SShaped.split_point`)."""
+    kinds = ReLU | SShaped if activations else ReLU
+    return [i for i, node in enumerate(net.nodes) if isinstance(node.op, kinds)]
 
 
 def preactivation_bias(net, node: int, like: Tensor) -> Tensor:
@@ -279,7 +284,7 @@ class BranchAndBound:
         self.deadline = deadline
         self.net = root.net
         self.relus = root.net.relu_nodes
-        self.nodes = split_nodes(root.net)
+        self.nodes = split_nodes(root.net, config.split_activations)
         self.pre = {r: root.net.nodes[r].inputs[0] for r in self.nodes}
         self.stats = {"subproblems": 0, "batches": 0, "max_queue": 0, "pruned_infeasible": 0, "pruned_by_branching": 0}
         self.root_slopes = NeuronSlopes.of(root)

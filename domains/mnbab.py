@@ -345,8 +345,9 @@ def _bab_clause(dp: SplitDeepPoly, C: Tensor, d: Tensor, rows: Tensor, config: B
     """Branch-and-bound on the rows of one clause, starting from the root's optimised multipliers."""
     params = dp.final_parameters()
     relus = dp.net.relu_nodes
+    pre = [dp.net.nodes[node].inputs[0] for node in split_nodes(dp.net, config.split_activations)]
     root = Subproblems(
-        bounds={dp.net.nodes[r].inputs[0]: dp.bounds[dp.net.nodes[r].inputs[0]] for r in split_nodes(dp.net)},
+        bounds={node: dp.bounds[node] for node in pre},
         split={r: torch.zeros(1, *dp.net.shapes[r], dtype=torch.int8, device=C.device) for r in relus},
         alpha={node: p[:, rows] for (kind, node), p in params.items() if kind == "alpha"},
         beta={r: C.new_zeros(1, len(rows), *dp.net.shapes[r]) for r in relus},

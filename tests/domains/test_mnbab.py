@@ -434,6 +434,9 @@ def test_splitting_s_shaped_neurons_proves_what_the_root_cannot(kind, seed, eps)
     config = MNBaBConfig(split="relu")
     root = _mnbab(net, lower, upper, spec, replace(config, bab=False), timeout=30.0)
     assert root.status == "unknown"
+    relus_only = _mnbab(net, lower, upper, spec, replace(config, bab_config=BaBConfig(split_activations=False)),
+                        timeout=30.0)
+    assert relus_only.status == "unknown" and relus_only.stats["bab"][0]["stopped"] == "leaf without an exact solver"
     result = _mnbab(net, lower, upper, spec, config, timeout=30.0)
     assert result.status == "certified", result.stats
     assert sum(b["subproblems"] for b in result.stats["bab"]) > 0
