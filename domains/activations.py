@@ -18,6 +18,9 @@ Each neuron with input bounds [l, u] is bounded by two lines,
   Intercepts are computed in float64 and widened by a few units in the last
   place of the bounds' dtype (relative to the intercept), and the interval
   image likewise, because the model's runtime rounds f itself.
+  Branch-and-bound (:mod:`domains.bab`) splits their input intervals: at 0
+  when it lies inside (each part is then convex or concave), else at the
+  midpoint, while the lines lie further from f than rounding (``splittable``).
 """
 
 from __future__ import annotations
