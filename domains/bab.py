@@ -6,6 +6,9 @@ back-substitution of the property rows through the network in which
 
 - split neurons are exact (their pre-activation bounds are clamped at 0) and
   the split constraints ``s x >= 0`` enter with multipliers beta >= 0;
+- split Sigmoid / Tanh neurons have narrowed input bounds [l, u], and their
+  relaxations are rebuilt from them; the bounds ``x - l >= 0``, ``u - x >= 0``
+  of every such neuron enter with multipliers beta >= 0 too;
 - unsplit unstable neurons use the triangle upper line and the slope alpha;
 - multi-neuron constraints ``a x + b y + c <= 0`` of groups of ReLUs (computed
   once at the root, valid in every subproblem) enter with multipliers gamma >= 0.
@@ -108,7 +111,8 @@ class SplitDeepPoly(AlphaDeepPoly):
         super().__init__(net, lower, upper)
         self.constraints = constraints or {}
         self.split: dict[int, Tensor] = {}  # relu -> (N, *s) in {-1, 0, +1}
-        self.beta: dict[int, Tensor] = {}  # relu -> (N, K, *s) >= 0
+        self.beta: dict[int, Tensor] = {}  # relu -> (N, K, *s), S-shaped in bounded -> (N, K, 2, *s); >= 0
+        self.bounded: set[int] = set()  # S-shaped nodes whose input bounds enter the final bound with beta
         self.gamma: dict[int, Tensor] = {}  # relu -> (N, K, H) >= 0
         self.intermediate_gamma = False  # whether optimising creates inter_gamma
         self.inter_gamma: dict[tuple[int, int], Tensor] = {}  # (start, relu) -> (N, 2K, H) >= 0
@@ -124,9 +128,22 @@ class SplitDeepPoly(AlphaDeepPoly):
         return self.inter_gamma.get(key)
 
     def activation_backward(self, start: int, node: int, A: Tensor) -> tuple[Tensor, Tensor]:
-        if start == self.output:
-            self.coefficients[node] = A.detach()
-        return super().activation_backward(start, node, A)
+        """As DeepPoly; in the final bound, a node in ``bounded`` adds ``-beta_l (x - l) - beta_u (u - x) <= 0``
+        (its input bounds hold on the subproblem's region: they are the split constraints of split neurons)."""
+        A_x, const = super().activation_backward(start, node, A)
+        if start != self.output:
+            return A_x, const
+        self.coefficients[node] = A.detach()
+        if node in self.bounded and node not in self.beta and self.create_alpha:
+            self.beta[node] = A.new_zeros(*A.shape[:2], 2, *A.shape[2:]).requires_grad_(True)
+        if node in self.beta:
+            lo, hi = (t.unsqueeze(1) for t in self.bounds[self.net.nodes[node].inputs[0]])
+            finite = torch.isfinite(lo) & torch.isfinite(hi)  # an infinite bound is no constraint
+            beta_l, beta_u = (torch.where(finite, self.beta[node][:, :, j], 0.0) for j in (0, 1))
+            A_x = A_x - beta_l + beta_u
+            const = const + (beta_l * torch.where(finite, lo, 0.0) - beta_u * torch.where(finite, hi, 0.0)
+                             ).flatten(2).sum(-1)
+        return A_x, const
 
     def relu_backward(self, start: int, relu: int, A: Tensor) -> tuple[Tensor, Tensor]:
         """As DeepPoly, plus gamma * (a x + b y + c) <= 0, and -beta * s x <= 0 in the final bound."""
@@ -176,10 +193,10 @@ class SplitDeepPoly(AlphaDeepPoly):
 class Subproblems(Batch):
     """A batch of subproblems as stacked tensors; every field has the batch as its first dim.
 
-    bounds: pre-activation node of every split node (:func:`split_nodes`) -> (lo, hi) (N, *s); split, beta,
-    gamma: relu node -> (N, *s) / (N, K, *s) / (N, K, H); alpha: activation node -> its final bound's
-    parameters (N, K, *p); lower: (N, K) row bounds; depth: (N,); spec: (N,) which row set of the search's C
-    and d the subproblem bounds.
+    bounds: pre-activation node of every split node (:func:`split_nodes`) -> (lo, hi) (N, *s); split, gamma:
+    relu node -> (N, *s) / (N, K, H); beta: relu node -> (N, K, *s), S-shaped split node -> (N, K, 2, *s);
+    alpha: activation node -> its final bound's parameters (N, K, *p); lower: (N, K) row bounds; depth: (N,);
+    spec: (N,) which row set of the search's C and d the subproblem bounds.
     """
 
     bounds: dict[int, Bounds]
@@ -305,6 +322,7 @@ class BranchAndBound:
         dp.alpha = {(dp.output, r): a for r, a in sub.alpha.items()}
         dp.fixed = self.root_slopes
         dp.split, dp.beta, dp.gamma = sub.split, sub.beta, sub.gamma
+        dp.bounded = {node for node in self.nodes if node not in self.relus}
         return dp
 
     def refined_bounds(self, sub: Subproblems, refine_from: Tensor) -> dict[int, Bounds]:
@@ -359,11 +377,12 @@ class BranchAndBound:
             row_lower = torch.maximum(torch.maximum(row_lower, const + concretize(A_in, dp.lower, dp.upper)),
                                       sub.lower)
         params = dp.final_parameters()
+        of_kind = {kind: {node: p for (k, node), p in params.items() if k == kind} for kind in ("alpha", "beta")}
         score, backup = self.scores(dp)
         new = Subproblems(
             bounds={node: dp.bounds[node] for node in self.pre.values()}, split=sub.split,
-            alpha={node: p for (kind, node), p in params.items() if kind == "alpha"} or sub.alpha,
-            beta={r: params[("beta", r)] for r in sub.beta}, gamma={r: params[("gamma", r)] for r in sub.gamma},
+            alpha=of_kind["alpha"] or sub.alpha, beta=of_kind["beta"],
+            gamma={r: params[("gamma", r)] for r in sub.gamma},
             lower=row_lower, depth=sub.depth, spec=sub.spec, score=score, backup=backup)
         return new, self.feasible(dp), candidates
 

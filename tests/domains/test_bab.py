@@ -90,6 +90,45 @@ def test_split_bound_with_any_multipliers_is_sound(kind, seed):
     assert (bound[0] <= values + 1e-5).all()
 
 
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("seed", range(3))
+def test_s_shaped_split_bound_with_any_multipliers_is_sound(kind, seed):
+    """Sigmoid / Tanh neurons split at their split point (the side a random point of the box lies on), any
+    slopes and any multipliers beta >= 0 of their input bounds: the bound holds on the split region."""
+    net, g, lower, upper, C = _box_and_rows(kind, seed, rows=2)
+    dp = SplitDeepPoly(net, lower, upper)
+    dp.compute_intermediate_bounds()
+    with torch.no_grad():
+        witness = net(lower + (upper - lower) * torch.rand(lower.shape, generator=g), return_all=True)
+    known, curves = {}, [node for node in split_nodes(net) if node not in net.relu_nodes]
+    for node in curves:
+        pre, op = net.nodes[node].inputs[0], net.nodes[node].op
+        lo, hi = (t.clone() for t in dp.bounds[pre])
+        point, value = op.split_point(lo, hi)[0, :3], witness[pre][0, :3]
+        lo[0, :3] = torch.where(value >= point, point, lo[0, :3])
+        hi[0, :3] = torch.where(value < point, point, hi[0, :3])
+        known[pre] = (lo, hi)
+    dp.compute_intermediate_bounds(known=known)
+    dp.bounded = set(curves)
+    dp.create_alpha = True
+    dp.linear_lower(dp.output, C)
+    for key in list(dp.alpha):
+        dp.alpha[key] = torch.rand(dp.alpha[key].shape, generator=g)
+    for node in curves:
+        dp.beta[node] = torch.rand(dp.beta[node].shape, generator=g) * 3
+    dp.create_alpha = False
+    bound = dp.linear_lower(dp.output, C)
+    points = lower + (upper - lower) * torch.rand(20000, *lower.shape[1:], generator=g)
+    with torch.no_grad():
+        values = net(points, return_all=True)
+    inside = torch.ones(len(points), dtype=torch.bool)
+    for pre, (lo, hi) in known.items():
+        inside &= ((values[pre] >= lo) & (values[pre] <= hi)).all(1)
+    assert int(inside.sum()) > 0
+    y = torch.einsum("kj,pj->kp", C[0], values[-1][inside]).min(1).values
+    assert (bound[0] <= y + 1e-5).all()
+    assert (bound[0] > -1e4).all()  # the multipliers did not make the bound meaningless
+
 
 def _empty_region_search(config):
     """z = (x - 0.1, -x - 0.1) on x in [-1, 1], y = z_1 + z_2, and the subproblem with both neurons split
