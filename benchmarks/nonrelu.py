@@ -1,6 +1,6 @@
 """Benchmark: certify small MNIST networks with Sigmoid, Tanh, LeakyReLU and MaxPool in every domain.
 
-Trains four small networks quickly on MNIST (plain training, Adam, ``--epochs``
+Trains six small networks quickly on MNIST (plain training, Adam, ``--epochs``
 epochs, one thread: about a minute each on a CPU), exports each to ONNX and
 certifies the first ``--num`` test images at L-inf radius ``--eps`` with
 ``certify --domain box,deeppoly,mnbab`` (per-image ``--timeout``; the shared
@@ -8,14 +8,16 @@ PGD attack first, as always):
 
 - ``mlp_sigmoid``: 784-100-100-10 with Sigmoid;
 - ``mlp_tanh``: the same with Tanh;
-- ``mlp_leakyrelu``: the same with LeakyReLU(0.1);
+- ``mlp_sigmoid_32``, ``mlp_tanh_32``: 784-32-32-10 with Sigmoid, with Tanh
+  (fewer neurons to split);
+- ``mlp_leakyrelu``: 784-100-100-10 with LeakyReLU(0.1);
 - ``cnn_maxpool``: Conv(8, 4x4, stride 2) - ReLU - MaxPool(2) - 64 - ReLU - 10.
 
 On the Sigmoid and Tanh networks MN-BaB runs a second time without splitting
-their neurons (``BaBConfig(split_activations=False)``, through the Python API
-with the same domains and otherwise the CLI's defaults): domain ``mnbab-nosplit``, where
-branch-and-bound has nothing to split and every clause the root leaves open
-ends unknown.
+their neurons (``BaBConfig(split_activations=False)``, through the Python
+API with the same domains and otherwise the CLI's defaults): domain
+``mnbab-nosplit``, where branch-and-bound has nothing to split and every
+clause the root leaves open ends unknown.
 
     python benchmarks/nonrelu.py --data-dir ../shared/data --threads 1
 
@@ -50,17 +52,20 @@ from nncert.verifier.results import command_line, versions  # noqa: E402
 
 DOMAINS = ("box", "deeppoly", "mnbab")
 NO_SPLIT = "mnbab-nosplit"  # MN-BaB without splitting Sigmoid / Tanh neurons
-SPLIT_ABLATION = ("mlp_sigmoid", "mlp_tanh")
+SPLIT_ABLATION = ("mlp_sigmoid", "mlp_tanh", "mlp_sigmoid_32", "mlp_tanh_32")
 
 
-def mlp(activation: type[nn.Module] | nn.Module) -> nn.Sequential:
+def mlp(activation: type[nn.Module] | nn.Module, width: int = 100) -> nn.Sequential:
     make = activation if isinstance(activation, type) else (lambda: activation)
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), make(), nn.Linear(100, 100), make(), nn.Linear(100, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, width), make(), nn.Linear(width, width), make(),
+                         nn.Linear(width, 10))
 
 
 NETWORKS = {
     "mlp_sigmoid": lambda: mlp(nn.Sigmoid),
     "mlp_tanh": lambda: mlp(nn.Tanh),
+    "mlp_sigmoid_32": lambda: mlp(nn.Sigmoid, 32),
+    "mlp_tanh_32": lambda: mlp(nn.Tanh, 32),
     "mlp_leakyrelu": lambda: mlp(nn.LeakyReLU(0.1)),
     "cnn_maxpool": lambda: nn.Sequential(nn.Conv2d(1, 8, 4, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                                          nn.Flatten(), nn.Linear(8 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10)),
