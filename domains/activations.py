@@ -11,7 +11,10 @@ Each neuron with input bounds [l, u] is bounded by two lines,
   even and decreasing on x >= 0. For *any* slope a the tightest lines of that
   slope are ``a x + min / max of f(x) - a x over [l, u]``, whose extremes lie at
   l, u or where ``f'(x) = a`` (at most two points, +-x_a): so every slope
-  gives sound lines, and the slopes are free parameters in [0, f'(0)].
+  gives sound lines, and the slopes are free parameters in [0, f'(0)],
+  kept in units of f'(0) (in [0, 1], like the ReLU slopes: the optimiser
+  moves every parameter by about its learning rate per step, and Sigmoid's
+  f'(0) = 1/4 would otherwise make the shared rate four times as coarse).
   The default slopes are DeepPoly's (Singh et al. 2019): the chord where f is
   concave (lower) or convex (upper) on [l, u], else ``min(f'(l), f'(u))``;
   with the tightest intercepts these are its tangent and secant lines.
@@ -158,19 +161,19 @@ class SShaped(Activation):
         return self.function(lower) - slack, self.function(upper) + slack
 
     def init_params(self, lower: Tensor, upper: Tensor) -> Tensor:
-        """DeepPoly's slopes of the lower and upper line, (N, 2, *s)."""
+        """DeepPoly's slopes of the lower and upper line in units of f'(0), (N, 2, *s)."""
         lo, hi = lower.double(), upper.double()
         chord = torch.nan_to_num((self.function(hi) - self.function(lo)) / (hi - lo), nan=0.0)
         tangent = torch.minimum(self.derivative(lo), self.derivative(hi))
         slopes = torch.stack([torch.where(lo >= 0, chord, tangent), torch.where(hi <= 0, chord, tangent)], 1)
-        return self.project(slopes).to(lower.dtype)
+        return self.project(slopes / self.peak).to(lower.dtype)
 
     def project(self, params: Tensor) -> Tensor:
-        return torch.nan_to_num(params, nan=0.0).clamp(0.0, self.peak)
+        return torch.nan_to_num(params, nan=0.0).clamp(0.0, 1.0)
 
     def relax(self, lower: Tensor, upper: Tensor, params: Tensor | None = None) -> LinearBounds:
         lo, hi = _rows(lower.double()), _rows(upper.double())
-        slopes = _rows(self.init_params(lower, upper)) if params is None else _projected(self, params)
+        slopes = self.peak * (_rows(self.init_params(lower, upper)) if params is None else _projected(self, params))
         finite = torch.isfinite(lo) & torch.isfinite(hi)
         a_l, a_u = (torch.where(finite, slopes[:, :, j].double(), 0.0) for j in (0, 1))
         b_l, b_u = self.offset(a_l, lo, hi, lowest=True), self.offset(a_u, lo, hi, lowest=False)

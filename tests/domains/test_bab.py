@@ -437,7 +437,7 @@ def test_preactivation_bias_is_the_layers_bias(kind):
 
 
 @pytest.mark.parametrize("batch_size", [1, 64], ids=["trials-in-chunks", "trials-at-once"])
-@pytest.mark.parametrize("kind", ["fc", "conv"])
+@pytest.mark.parametrize("kind", ["fc", "conv", "tanh"])
 def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind, batch_size):
     """With k candidates from each score, the split chosen is the one whose better child has the best quick
     bound, judged candidate by candidate here."""
