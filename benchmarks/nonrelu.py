@@ -72,11 +72,11 @@ NETWORKS = {
 }
 
 
-def train(body: nn.Module, data, epochs: int, seed: int) -> tuple[nn.Module, float]:
-    """Plain training with Adam (lr 1e-3, batch 128) on the normalised images; returns the model with the
-    normalisation in front and the training time."""
+def train(name: str, data, epochs: int, seed: int) -> tuple[nn.Module, float]:
+    """Network ``name`` initialised from ``seed`` and trained plainly with Adam (lr 1e-3, batch 128) on the
+    normalised images; returns the model with the normalisation in front and the training time."""
     torch.manual_seed(seed)
-    model = nn.Sequential(Normalize(MEAN["mnist"], STD["mnist"]), body)
+    model = nn.Sequential(Normalize(MEAN["mnist"], STD["mnist"]), NETWORKS[name]())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.perf_counter()
     for _ in range(epochs):
@@ -115,7 +115,7 @@ def main() -> None:
     np.savez(work / "inputs.npz", x=test.x.numpy(), y=test.y.numpy())
     rows = []
     for name in args.networks.split(","):
-        model, train_s = train(NETWORKS[name](), train_data, args.epochs, args.seed)
+        model, train_s = train(name, train_data, args.epochs, args.seed)
         export(model, work / f"{name}.onnx")
         out = work / f"{name}.json"
         code = certify([str(work / f"{name}.onnx"), "--inputs", str(work / "inputs.npz"), "--eps", str(args.eps),
