@@ -11,13 +11,19 @@ Each neuron with input bounds [l, u] is bounded by two lines,
   even and decreasing on x >= 0. For *any* slope a the tightest lines of that
   slope are ``a x + min / max of f(x) - a x over [l, u]``, whose extremes lie at
   l, u or where ``f'(x) = a`` (at most two points, +-x_a): so every slope
-  gives sound lines, and the slopes are free parameters in [0, f'(0)].
+  gives sound lines, and the slopes are free parameters in [0, f'(0)],
+  kept in units of f'(0) (in [0, 1], like the ReLU slopes: the optimiser
+  moves every parameter by about its learning rate per step, and Sigmoid's
+  f'(0) = 1/4 would otherwise make the shared rate four times as coarse).
   The default slopes are DeepPoly's (Singh et al. 2019): the chord where f is
   concave (lower) or convex (upper) on [l, u], else ``min(f'(l), f'(u))``;
   with the tightest intercepts these are its tangent and secant lines.
   Intercepts are computed in float64 and widened by a few units in the last
   place of the bounds' dtype (relative to the intercept), and the interval
   image likewise, because the model's runtime rounds f itself.
+  Branch-and-bound (:mod:`domains.bab`) splits their input intervals: at 0
+  when it lies inside (each part is then convex or concave), else at the
+  midpoint, while the lines lie further from f than rounding (``splittable``).
 """
 
 from __future__ import annotations
@@ -155,25 +161,47 @@ class SShaped(Activation):
         return self.function(lower) - slack, self.function(upper) + slack
 
     def init_params(self, lower: Tensor, upper: Tensor) -> Tensor:
-        """DeepPoly's slopes of the lower and upper line, (N, 2, *s)."""
+        """DeepPoly's slopes of the lower and upper line in units of f'(0), (N, 2, *s)."""
         lo, hi = lower.double(), upper.double()
         chord = torch.nan_to_num((self.function(hi) - self.function(lo)) / (hi - lo), nan=0.0)
         tangent = torch.minimum(self.derivative(lo), self.derivative(hi))
         slopes = torch.stack([torch.where(lo >= 0, chord, tangent), torch.where(hi <= 0, chord, tangent)], 1)
-        return self.project(slopes).to(lower.dtype)
+        return self.project(slopes / self.peak).to(lower.dtype)
 
     def project(self, params: Tensor) -> Tensor:
-        return torch.nan_to_num(params, nan=0.0).clamp(0.0, self.peak)
+        return torch.nan_to_num(params, nan=0.0).clamp(0.0, 1.0)
 
     def relax(self, lower: Tensor, upper: Tensor, params: Tensor | None = None) -> LinearBounds:
         lo, hi = _rows(lower.double()), _rows(upper.double())
-        slopes = _rows(self.init_params(lower, upper)) if params is None else _projected(self, params)
+        slopes = self.peak * (_rows(self.init_params(lower, upper)) if params is None else _projected(self, params))
         finite = torch.isfinite(lo) & torch.isfinite(hi)
         a_l, a_u = (torch.where(finite, slopes[:, :, j].double(), 0.0) for j in (0, 1))
         b_l, b_u = self.offset(a_l, lo, hi, lowest=True), self.offset(a_u, lo, hi, lowest=False)
         eps = ULPS * torch.finfo(lower.dtype).eps
         b_l, b_u = b_l - eps * (1 + b_l.abs()), b_u + eps * (1 + b_u.abs())
         return LinearBounds(a_l.to(lower.dtype), b_l.to(lower.dtype), a_u.to(lower.dtype), b_u.to(lower.dtype))
+
+    def split_point(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """Where branch-and-bound splits [l, u] (same shape): at 0 where l < 0 < u, so that f is convex on one
+        part and concave on the other (each part's lines are then a tangent and the chord), else at the midpoint."""
+        return torch.where((lower < 0) & (upper > 0), torch.zeros_like(lower), (lower + upper) / 2)
+
+    def gaps(self, lower: Tensor, upper: Tensor, lines: LinearBounds) -> tuple[Tensor, Tensor]:
+        """The largest distance of the lower and of the upper line from f on [l, u], float64: bounds (N, *s),
+        lines (N, K, *s) -> (N, K, *s) each. A bound loses at most a neuron's coefficient times the gap of the
+        line it uses there."""
+        lo, hi = _rows(lower.double()), _rows(upper.double())
+        below = self.offset(lines.lower_slope.double(), lo, hi, lowest=False) - lines.lower_intercept.double()
+        above = lines.upper_intercept.double() - self.offset(lines.upper_slope.double(), lo, hi, lowest=True)
+        return below, above
+
+    def splittable(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """Where splitting [l, u] can still tighten the relaxation (N, *s) bool: finite bounds whose default
+        lines lie further from f than twice the widening of their intercepts."""
+        lines = self.relax(lower, upper)
+        below, above = (gap[:, 0] for gap in self.gaps(lower, upper, lines))
+        widening = ULPS * torch.finfo(lower.dtype).eps * (2 + lines.lower_intercept.abs() + lines.upper_intercept.abs())
+        return torch.isfinite(lower) & torch.isfinite(upper) & (below + above > 2 * widening[:, 0].double())
 
     def offset(self, a: Tensor, lo: Tensor, hi: Tensor, lowest: bool) -> Tensor:
         """min (``lowest``) or max of f(x) - a x over [lo, hi], float64: at lo, hi or +-x_a inside.

@@ -6,6 +6,9 @@ back-substitution of the property rows through the network in which
 
 - split neurons are exact (their pre-activation bounds are clamped at 0) and
   the split constraints ``s x >= 0`` enter with multipliers beta >= 0;
+- split Sigmoid / Tanh neurons have narrowed input bounds [l, u], and their
+  relaxations are rebuilt from them; the bounds ``x - l >= 0``, ``u - x >= 0``
+  of every such neuron enter with multipliers beta >= 0 too;
 - unsplit unstable neurons use the triangle upper line and the slope alpha;
 - multi-neuron constraints ``a x + b y + c <= 0`` of groups of ReLUs (computed
   once at the root, valid in every subproblem) enter with multipliers gamma >= 0.
@@ -41,10 +44,12 @@ import torch
 from torch import Tensor
 
 from nncert.domains import decide
+from nncert.domains.activations import SShaped
 from nncert.domains.alpha import AlphaDeepPoly, NeuronSlopes, StopBy
 from nncert.domains.backsub import argmin_on_box, concretize
 from nncert.domains.box import Bounds
 from nncert.domains.milp import CERTIFY_TOL, SplitLP, unsupported_op
+from nncert.domains.network import Network, ReLU
 from nncert.domains.pgd import pgd_maximize
 from nncert.domains.pool import Batch, Pool
 
@@ -106,11 +111,12 @@ class SplitDeepPoly(AlphaDeepPoly):
         super().__init__(net, lower, upper)
         self.constraints = constraints or {}
         self.split: dict[int, Tensor] = {}  # relu -> (N, *s) in {-1, 0, +1}
-        self.beta: dict[int, Tensor] = {}  # relu -> (N, K, *s) >= 0
+        self.beta: dict[int, Tensor] = {}  # relu -> (N, K, *s), S-shaped in bounded -> (N, K, 2, *s); >= 0
+        self.bounded: set[int] = set()  # S-shaped nodes whose input bounds enter the final bound with beta
         self.gamma: dict[int, Tensor] = {}  # relu -> (N, K, H) >= 0
         self.intermediate_gamma = False  # whether optimising creates inter_gamma
         self.inter_gamma: dict[tuple[int, int], Tensor] = {}  # (start, relu) -> (N, 2K, H) >= 0
-        self.coefficients: dict[int, Tensor] = {}  # relu -> A at its output in the last final pass
+        self.coefficients: dict[int, Tensor] = {}  # activation -> A at its output in the last final pass
 
     def multipliers(self, start: int, relu: int, A: Tensor) -> Tensor | None:
         """gamma of ``relu``'s constraints in the back-substitution of A (N, K, *s) from ``start``, if any."""
@@ -120,6 +126,24 @@ class SplitDeepPoly(AlphaDeepPoly):
         if key not in self.inter_gamma and self.create_alpha and self.intermediate_gamma and relu in self.constraints:
             self.inter_gamma[key] = A.new_zeros(*A.shape[:2], len(self.constraints[relu])).requires_grad_(True)
         return self.inter_gamma.get(key)
+
+    def activation_backward(self, start: int, node: int, A: Tensor) -> tuple[Tensor, Tensor]:
+        """As DeepPoly; in the final bound, a node in ``bounded`` adds ``-beta_l (x - l) - beta_u (u - x) <= 0``
+        (its input bounds hold on the subproblem's region: they are the split constraints of split neurons)."""
+        A_x, const = super().activation_backward(start, node, A)
+        if start != self.output:
+            return A_x, const
+        self.coefficients[node] = A.detach()
+        if node in self.bounded and node not in self.beta and self.create_alpha:
+            self.beta[node] = A.new_zeros(*A.shape[:2], 2, *A.shape[2:]).requires_grad_(True)
+        if node in self.beta:
+            lo, hi = (t.unsqueeze(1) for t in self.bounds[self.net.nodes[node].inputs[0]])
+            finite = torch.isfinite(lo) & torch.isfinite(hi)  # an infinite bound is no constraint
+            beta_l, beta_u = (torch.where(finite, self.beta[node][:, :, j], 0.0) for j in (0, 1))
+            A_x = A_x - beta_l + beta_u
+            const = const + (beta_l * torch.where(finite, lo, 0.0) - beta_u * torch.where(finite, hi, 0.0)
+                             ).flatten(2).sum(-1)
+        return A_x, const
 
     def relu_backward(self, start: int, relu: int, A: Tensor) -> tuple[Tensor, Tensor]:
         """As DeepPoly, plus gamma * (a x + b y + c) <= 0, and -beta * s x <= 0 in the final bound."""
@@ -169,9 +193,10 @@ class SplitDeepPoly(AlphaDeepPoly):
 class Subproblems(Batch):
     """A batch of subproblems as stacked tensors; every field has the batch as its first dim.
 
-    bounds: pre-activation node -> (lo, hi) (N, *s); split, alpha, beta, gamma: relu node ->
-    (N, *s) / (N, K, *s) / (N, K, *s) / (N, K, H); lower: (N, K) row bounds; depth: (N,); spec: (N,)
-    which row set of the search's C and d the subproblem bounds.
+    bounds: pre-activation node of every split node (:func:`split_nodes`) -> (lo, hi) (N, *s); split, gamma:
+    relu node -> (N, *s) / (N, K, H); beta: relu node -> (N, K, *s), S-shaped split node -> (N, K, 2, *s);
+    alpha: activation node -> its final bound's parameters (N, K, *p); lower: (N, K) row bounds; depth: (N,);
+    spec: (N,) which row set of the search's C and d the subproblem bounds.
     """
 
     bounds: dict[int, Bounds]
@@ -182,12 +207,12 @@ class Subproblems(Batch):
     lower: Tensor
     depth: Tensor
     spec: Tensor
-    score: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) branching scores
-    backup: dict[int, Tensor] = field(default_factory=dict)  # relu -> (N, n) second candidates' scores
+    score: dict[int, Tensor] = field(default_factory=dict)  # split node -> (N, n) branching scores
+    backup: dict[int, Tensor] = field(default_factory=dict)  # split node -> (N, n) second candidates' scores
 
     def branchable(self) -> Tensor:
-        """Whether an unstable, unsplit neuron is left (N,); the others are solved exactly."""
-        if not self.score:  # a network without ReLUs
+        """Whether a neuron worth splitting is left (N,); the others are solved exactly."""
+        if not self.score:  # a network without ReLUs or S-shaped activations
             return torch.zeros(len(self.lower), dtype=torch.bool, device=self.lower.device)
         return torch.cat(list(self.score.values()), 1).amax(1) >= 0
 
@@ -208,6 +233,9 @@ class BaBConfig:
     batch_memory: int | None = None  # bytes the optimisation of one batch's children may take (None: no cap)
     max_depth: int = 1000  # a guard: fully split subproblems are solved exactly before this
     recompute_intermediate: bool = True  # refine the bounds of layers after the split (else only clamp)
+    # split Sigmoid and Tanh neurons too (False: only ReLUs, whose fully split subproblems then end unknown on
+    # such networks: the ablation of benchmarks/nonrelu.py)
+    split_activations: bool = True
     # filtered smart branching: the top candidates of each score tried per split (1: take the best score)
     fsb_candidates: int = 8
     attack_seeds: int = 8  # per batch, bound minimisers refined by PGD into counterexample candidates
@@ -221,6 +249,14 @@ class BaBConfig:
     lp_share: float = 0.25
     lp_time: float = 2.0
     lp_max_neurons: int = 20000
+
+
+def split_nodes(net: Network, activations: bool = True) -> list[int]:
+    """The nodes branch-and-bound splits: ReLUs on the sign of their input and, with ``activations``, S-shaped
+    activations (Sigmoid, Tanh) at a point of their input's interval
+    (:meth:`~domains.activations.SShaped.split_point`)."""
+    kinds = ReLU | SShaped if activations else ReLU
+    return [i for i, node in enumerate(net.nodes) if isinstance(node.op, kinds)]
 
 
 def preactivation_bias(net, node: int, like: Tensor) -> Tensor:
@@ -240,7 +276,16 @@ class BaBResult:
 
 
 class BranchAndBound:
-    """Branch-and-bound over ReLU splits for row sets C (S, K, n_out), d (S, K).
+    """Branch-and-bound over neuron splits for row sets C (S, K, n_out), d (S, K).
+
+    A ReLU split fixes the sign of its input (the split constraint enters
+    with a multiplier beta); a split of a Sigmoid or Tanh neuron cuts its
+    input's interval [l, u] at a point p into [l, p] and [p, u], and each
+    child's relaxation is rebuilt from its narrowed bounds (f is convex or
+    concave on each part once p = 0, where the lines are far tighter).
+    Splitting S-shaped neurons never makes a subproblem exact, so a search on
+    a network with them is not complete in finite time; every ``certified``
+    it returns is sound.
 
     :meth:`run` searches one clause of one property (S = 1): the clause is
     excluded from a subproblem once some row has ``C y > d`` on all of it;
@@ -256,7 +301,8 @@ class BranchAndBound:
         self.deadline = deadline
         self.net = root.net
         self.relus = root.net.relu_nodes
-        self.pre = {r: root.net.nodes[r].inputs[0] for r in self.relus}
+        self.nodes = split_nodes(root.net, config.split_activations)
+        self.pre = {r: root.net.nodes[r].inputs[0] for r in self.nodes}
         self.stats = {"subproblems": 0, "batches": 0, "max_queue": 0, "pruned_infeasible": 0, "pruned_by_branching": 0}
         self.root_slopes = NeuronSlopes.of(root)
         self.lp: SplitLP | None = None  # built on first use
@@ -276,6 +322,7 @@ class BranchAndBound:
         dp.alpha = {(dp.output, r): a for r, a in sub.alpha.items()}
         dp.fixed = self.root_slopes
         dp.split, dp.beta, dp.gamma = sub.split, sub.beta, sub.gamma
+        dp.bounded = {node for node in self.nodes if node not in self.relus}
         return dp
 
     def refined_bounds(self, sub: Subproblems, refine_from: Tensor) -> dict[int, Bounds]:
@@ -330,11 +377,12 @@ class BranchAndBound:
             row_lower = torch.maximum(torch.maximum(row_lower, const + concretize(A_in, dp.lower, dp.upper)),
                                       sub.lower)
         params = dp.final_parameters()
+        of_kind = {kind: {node: p for (k, node), p in params.items() if k == kind} for kind in ("alpha", "beta")}
         score, backup = self.scores(dp)
         new = Subproblems(
             bounds={node: dp.bounds[node] for node in self.pre.values()}, split=sub.split,
-            alpha={r: params[("alpha", r)] for r in self.relus if ("alpha", r) in params} or sub.alpha,
-            beta={r: params[("beta", r)] for r in sub.beta}, gamma={r: params[("gamma", r)] for r in sub.gamma},
+            alpha=of_kind["alpha"] or sub.alpha, beta=of_kind["beta"],
+            gamma={r: params[("gamma", r)] for r in sub.gamma},
             lower=row_lower, depth=sub.depth, spec=sub.spec, score=score, backup=backup)
         return new, self.feasible(dp), candidates
 
@@ -356,7 +404,16 @@ class BranchAndBound:
         return torch.where(self.feasible(dp), margin, decide.empty_margin(margin))
 
     def scores(self, dp: SplitDeepPoly) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
-        """Branching scores of every neuron (N, n), -1 for stable or split ones: (primary, backup).
+        """Branching scores of every neuron of every split node (N, n), -1 where there is nothing to split:
+        (primary, backup); see :meth:`relu_scores` and :meth:`curve_scores`."""
+        primary, backup = {}, {}
+        for node in self.nodes:
+            score = self.relu_scores if isinstance(self.net.nodes[node].op, ReLU) else self.curve_scores
+            primary[node], backup[node] = score(dp, node)
+        return primary, backup
+
+    def relu_scores(self, dp: SplitDeepPoly, r: int) -> tuple[Tensor, Tensor]:
+        """Scores of ReLU ``r``'s neurons (N, n), -1 for stable or split ones: (primary, backup).
 
         A is y's coefficient in the final bound, ``y <= s (x - l)`` the upper
         line (s = u / (u - l)). The backup is what the line's offset costs the
@@ -366,29 +423,44 @@ class BranchAndBound:
         MN-BaB's active-constraint score (``acs``) weighs each neuron by the
         multipliers of the multi-neuron constraints it lies in, BaBSR where none is active.
         """
-        primary, backup = {}, {}
-        for r in self.relus:
-            lo, hi = (t.flatten(1) for t in dp.bounds[self.pre[r]])
-            unstable = (lo < 0) & (hi > 0)
-            A = dp.coefficients[r].flatten(2)  # (N, K, n)
-            slope, intercept = (t.flatten(1) for t in dp.upper_lines[r])  # y <= slope x + intercept
-            offset = A.clamp(max=0).neg() * intercept.unsqueeze(1)  # (N, K, n) >= 0
-            slope = slope.unsqueeze(1)
-            bias_A = A * self.bias[r]
-            score = (offset + torch.minimum(bias_A * (1 - slope), -bias_A * slope)).abs().mean(1)
-            if self.config.branching == "acs" and r in dp.gamma:
-                active = dp.constraints[r].per_neuron(dp.gamma[r], self.net.shapes[r]).flatten(2).sum(1)
-                score = torch.where(active.amax(1, keepdim=True) > 1e-6, active, score)
-            # the offset (then the relaxation's width) also breaks ties, and decides when all else vanishes
-            offset_score = offset.mean(1) + 1e-6 * intercept
-            primary[r] = torch.where(unstable, score + 1e-6 * offset_score, torch.full_like(score, -1.0))
-            backup[r] = torch.where(unstable, offset_score, torch.full_like(score, -1.0))
-        return primary, backup
+        lo, hi = (t.flatten(1) for t in dp.bounds[self.pre[r]])
+        unstable = (lo < 0) & (hi > 0)
+        A = dp.coefficients[r].flatten(2)  # (N, K, n)
+        slope, intercept = (t.flatten(1) for t in dp.upper_lines[r])  # y <= slope x + intercept
+        offset = A.clamp(max=0).neg() * intercept.unsqueeze(1)  # (N, K, n) >= 0
+        slope = slope.unsqueeze(1)
+        bias_A = A * self.bias[r]
+        score = (offset + torch.minimum(bias_A * (1 - slope), -bias_A * slope)).abs().mean(1)
+        if self.config.branching == "acs" and r in dp.gamma:
+            active = dp.constraints[r].per_neuron(dp.gamma[r], self.net.shapes[r]).flatten(2).sum(1)
+            score = torch.where(active.amax(1, keepdim=True) > 1e-6, active, score)
+        # the offset (then the relaxation's width) also breaks ties, and decides when all else vanishes
+        offset_score = offset.mean(1) + 1e-6 * intercept
+        return (torch.where(unstable, score + 1e-6 * offset_score, torch.full_like(score, -1.0)),
+                torch.where(unstable, offset_score, torch.full_like(score, -1.0)))
+
+    def curve_scores(self, dp: SplitDeepPoly, node: int) -> tuple[Tensor, Tensor]:
+        """Scores of S-shaped ``node``'s neurons (N, n), -1 where splitting gains nothing (both the same).
+
+        At most what the relaxation costs the bound: ``A+ g_l + (-A)+ g_u``
+        averaged over the rows, with g_l, g_u the largest distances of the
+        lower and the upper line from f on [l, u]; in the units of a ReLU's
+        backup score (what its upper line's offset costs), so both kinds of
+        neurons are ranked together, and the filtered smart branching tries
+        the best candidates of either.
+        """
+        op = self.net.nodes[node].op
+        lo, hi = dp.bounds[self.pre[node]]
+        below, above = op.gaps(lo, hi, op.relax(lo, hi, dp.alpha.get((dp.output, node))))
+        A = dp.coefficients[node].double()
+        score = (A.clamp(min=0) * below - A.clamp(max=0) * above).mean(1).flatten(1).to(lo.dtype)
+        score = torch.where(op.splittable(lo, hi).flatten(1), score, torch.full_like(score, -1.0))
+        return score, score
 
     # -- branching ---------------------------------------------------------------------------------
 
     def decide(self, sub: Subproblems) -> tuple[Tensor, Tensor]:
-        """The neuron to split in each subproblem, as a flat index over all ReLU layers (N,), and a cheap
+        """The neuron to split in each subproblem, as a flat index over all split nodes (N,), and a cheap
         clause margin of each of its children (2N, in the order of :meth:`children`; -inf if not bounded).
 
         The primary score ranks the candidates; with ``fsb_candidates`` k > 1
@@ -397,12 +469,12 @@ class BranchAndBound:
         parent's multipliers, no refinement), and the candidate whose better
         child is best wins. Pruning one child at once beats lifting both a little.
         """
-        flat = torch.cat([sub.score[r] for r in self.relus], dim=1)  # (N, total)
+        flat = torch.cat([sub.score[r] for r in self.nodes], dim=1)  # (N, total)
         k = min(self.config.fsb_candidates, flat.shape[1])
         if k <= 1:
             choice = flat.argmax(1)
             return choice, torch.full((2 * len(choice),), -torch.inf, dtype=self.d.dtype, device=choice.device)
-        backup = torch.cat([sub.backup[r] for r in self.relus], dim=1)
+        backup = torch.cat([sub.backup[r] for r in self.nodes], dim=1)
         top = torch.cat([flat.topk(k, dim=1).indices, backup.topk(k, dim=1).indices], 1)  # (N, 2k)
         # a few candidates at a time: the trials take no more memory than a batch of children
         margins, n = [], len(sub)
@@ -416,30 +488,42 @@ class BranchAndBound:
         return top.gather(1, best.unsqueeze(1)).squeeze(1), picked
 
     def locate(self, sub: Subproblems, choice: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat neuron indices over all ReLU layers (N,) as (position in ``self.relus``, index in its layer)."""
-        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.relus]], device=choice.device).cumsum(0)
+        """Flat neuron indices over all split nodes (N,) as (position in ``self.nodes``, index in its node)."""
+        offsets = torch.tensor([0, *[sub.score[r].shape[1] for r in self.nodes]], device=choice.device).cumsum(0)
         layer = torch.searchsorted(offsets[1:], choice.contiguous(), right=True)
         return layer, choice - offsets[layer]
 
     def children(self, sub: Subproblems, choice: Tensor) -> Subproblems:
-        """Both children (inactive first, then active) of each subproblem splitting neuron ``choice`` (N,)."""
+        """Both children of each subproblem splitting neuron ``choice`` (N,): the lower part of its input's
+        interval first (a ReLU inactive), then the upper part (active)."""
         layer, index = (t.repeat(2) for t in self.locate(sub, choice))
         n = len(sub)
         sign = torch.cat([-torch.ones(n, dtype=torch.int8), torch.ones(n, dtype=torch.int8)]).to(choice.device)
         out = sub.repeat(2)
-        for li, r in enumerate(self.relus):
+        for li, node in enumerate(self.nodes):
             rows = torch.nonzero(layer == li).flatten()
             if len(rows) == 0:
                 continue
-            cols, active = index[rows], sign[rows] > 0
-            split = out.split[r].flatten(1).clone()
-            split[rows, cols] = sign[rows]
-            out.split[r] = split.view_as(out.split[r])
-            shape = out.bounds[self.pre[r]][0].shape
-            lo, hi = (t.flatten(1).clone() for t in out.bounds[self.pre[r]])
-            lo[rows[active], cols[active]] = lo[rows[active], cols[active]].clamp(min=0.0)
-            hi[rows[~active], cols[~active]] = hi[rows[~active], cols[~active]].clamp(max=0.0)
-            out.bounds[self.pre[r]] = (lo.view(shape), hi.view(shape))
+            cols, upper_part = index[rows], sign[rows] > 0
+            op = self.net.nodes[node].op
+            shape = out.bounds[self.pre[node]][0].shape
+            lo, hi = (t.flatten(1).clone() for t in out.bounds[self.pre[node]])
+            if isinstance(op, ReLU):
+                split = out.split[node].flatten(1).clone()
+                split[rows, cols] = sign[rows]
+                out.split[node] = split.view_as(out.split[node])
+                point = torch.zeros_like(lo[rows, cols])
+            else:
+                point = op.split_point(lo[rows, cols], hi[rows, cols])
+            lo[rows[upper_part], cols[upper_part]] = torch.maximum(lo[rows[upper_part], cols[upper_part]],
+                                                                   point[upper_part])
+            hi[rows[~upper_part], cols[~upper_part]] = torch.minimum(hi[rows[~upper_part], cols[~upper_part]],
+                                                                     point[~upper_part])
+            out.bounds[self.pre[node]] = (lo.view(shape), hi.view(shape))
+            if not isinstance(op, ReLU) and node in out.alpha:  # the split neuron's lines start from its defaults
+                params = out.alpha[node].flatten(3).clone()  # (2N, K, 2, n)
+                params[rows, :, :, cols] = op.init_params(lo[rows, cols], hi[rows, cols]).unsqueeze(1).to(params)
+                out.alpha[node] = params.view_as(out.alpha[node])
         out.depth = out.depth + 1
         return out
 
@@ -454,7 +538,7 @@ class BranchAndBound:
 
     def split(self, sub: Subproblems, choice: Tensor) -> tuple[Subproblems, Tensor]:
         """:meth:`children`, and the node after the pre-activation each child's split changed (2N,)."""
-        after_split = torch.tensor([self.pre[r] + 1 for r in self.relus], device=choice.device)
+        after_split = torch.tensor([self.pre[r] + 1 for r in self.nodes], device=choice.device)
         return self.children(sub, choice), after_split[self.locate(sub, choice)[0]].repeat(2)
 
     # -- search ------------------------------------------------------------------------------------
@@ -559,8 +643,9 @@ class BranchAndBound:
     def solve_leaves(self, leaves: Subproblems) -> BaBResult | None:
         """Fully split subproblems are LPs (no unstable ReLU left): solve them exactly.
 
-        Their remaining LeakyReLUs and MaxPools are encoded exactly too; with a
-        Sigmoid or Tanh there is no exact solver, and the search ends unknown.
+        Their MaxPools are encoded exactly too (a binary per window input);
+        with a Sigmoid or Tanh (all of whose neurons are then too narrow to
+        split further) there is no exact solver, and the search ends unknown.
         Returns a final result (counterexample, timeout or undecidable) or None
         if every leaf is certified.
         """

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from nncert.domains import decide
-from nncert.domains.bab import BaBConfig, BranchAndBound, SplitDeepPoly, Subproblems
+from nncert.domains.bab import BaBConfig, BranchAndBound, SplitDeepPoly, Subproblems, split_nodes
 from nncert.domains.box import Bounds
 from nncert.domains.network import Network
 
@@ -96,7 +96,7 @@ def _roots(dp: SplitDeepPoly, root: SplitDeepPoly, node: int, rows: Tensor) -> S
 
     return Subproblems(
         bounds={p: tuple(b.expand(n, *b.shape[1:]) for b in root.bounds[p]) for p in (net.nodes[r].inputs[0]
-                                                                                      for r in relus)},
+                                                                                      for r in split_nodes(net))},
         split={r: torch.zeros(n, *net.shapes[r], dtype=torch.int8, device=lo.device) for r in relus},
         alpha={r: per_row(dp.alpha, r) for r in relus if (node, r) in dp.alpha},
         beta={r: lo.new_zeros(n, 1, *net.shapes[r]) for r in relus},

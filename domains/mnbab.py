@@ -14,10 +14,14 @@ constraints hold for the root box only and the sub-boxes are bounded by
 DeepPoly afresh.
 
 LeakyReLUs are rewritten as ``alpha x + (1 - alpha) relu(x)`` first, so every
-stage treats them as ReLUs. MaxPool, Sigmoid and Tanh keep their own
-relaxations in every bound and are not split; a subproblem whose ReLUs are
-all split is solved by the exact MILP, which MaxPool allows and Sigmoid and
-Tanh do not (the search then ends unknown).
+stage treats them as ReLUs. Sigmoid and Tanh neurons are split at a point of
+their input's interval (:class:`domains.bab.BranchAndBound`): their
+subproblems never become exact, so on such networks the search is not
+complete in finite time (it ends certified, falsified, timeout, or unknown
+once every neuron is too narrow to split), and a ``certified`` is sound.
+MaxPool keeps its own relaxation in every bound and is not split: a
+subproblem whose ReLUs are all split is solved by the exact MILP (one binary
+per window input), so the search stays complete on ReLU and MaxPool networks.
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ from torch import Tensor
 from nncert.domains import decide
 from nncert.domains.activations import relu_form
 from nncert.domains.alpha import StopBy
-from nncert.domains.bab import BaBConfig, BaBResult, BranchAndBound, LayerConstraints, SplitDeepPoly, Subproblems
+from nncert.domains.bab import (
+    BaBConfig,
+    BaBResult,
+    BranchAndBound,
+    LayerConstraints,
+    SplitDeepPoly,
+    Subproblems,
+    split_nodes,
+)
 from nncert.domains.deeppoly import DeepPoly
 from nncert.domains.input_bab import InputBaBConfig, InputBranchAndBound, clause_margins
 from nncert.domains.intermediate_bab import IntermediateBaBConfig, tighten
@@ -333,10 +345,11 @@ def _bab_clause(dp: SplitDeepPoly, C: Tensor, d: Tensor, rows: Tensor, config: B
     """Branch-and-bound on the rows of one clause, starting from the root's optimised multipliers."""
     params = dp.final_parameters()
     relus = dp.net.relu_nodes
+    pre = [dp.net.nodes[node].inputs[0] for node in split_nodes(dp.net, config.split_activations)]
     root = Subproblems(
-        bounds={dp.net.nodes[r].inputs[0]: dp.bounds[dp.net.nodes[r].inputs[0]] for r in relus},
+        bounds={node: dp.bounds[node] for node in pre},
         split={r: torch.zeros(1, *dp.net.shapes[r], dtype=torch.int8, device=C.device) for r in relus},
-        alpha={r: params[("alpha", r)][:, rows] for r in relus if ("alpha", r) in params},
+        alpha={node: p[:, rows] for (kind, node), p in params.items() if kind == "alpha"},
         beta={r: C.new_zeros(1, len(rows), *dp.net.shapes[r]) for r in relus},
         gamma={r: g[:, rows] for r, g in dp.gamma.items()},
         lower=torch.full((1, len(rows)), -torch.inf, device=C.device, dtype=C.dtype),

@@ -93,6 +93,44 @@ def test_s_shaped_default_is_deeppoly_tangent_and_secant(name):
     assert torch.allclose(r.lower_slope[0], tangent) and torch.allclose(r.lower_intercept[0], f(lo) - tangent * lo)
 
 
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_s_shaped_gaps_are_the_lines_largest_distances_from_f(name):
+    """gaps() is the largest distance of each line from f over [l, u] (a grid's maximum stays within it)."""
+    op, (lo, hi) = OPS[name], intervals(torch.float64)
+    finite = (torch.isfinite(lo) & torch.isfinite(hi))[0]
+    lo, hi = lo[:, finite], hi[:, finite]
+    relaxation = op.relax(lo, hi, random_params(op, lo, hi, 3, torch.Generator().manual_seed(3)))
+    below, above = op.gaps(lo, hi, relaxation)
+    x = grid(lo, hi, 20001).unsqueeze(1)
+    y = op.forward(x)
+    below_grid = (y - relaxation.lower_slope * x - relaxation.lower_intercept).amax(0)
+    above_grid = (relaxation.upper_slope * x + relaxation.upper_intercept - y).amax(0)
+    assert (below >= below_grid - 1e-9).all() and (above >= above_grid - 1e-9).all()
+    width = (hi - lo).unsqueeze(1)
+    assert (below <= below_grid + 1e-3 * width).all() and (above <= above_grid + 1e-3 * width).all()
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_s_shaped_split_at_zero_tightens_both_parts(name):
+    """Split at 0 when l < 0 < u (else the midpoint), each part's default lines lie closer to f than the
+    whole interval's; intervals too narrow to gain, and infinite ones, are not split."""
+    op = OPS[name]
+    lo = torch.tensor([[-4.0, -1.0, 0.5, -6.0]], dtype=torch.float64)
+    hi = torch.tensor([[3.0, 0.2, 2.5, -2.0]], dtype=torch.float64)
+    point = op.split_point(lo, hi)
+    assert point.tolist() == [[0.0, 0.0, 1.5, -4.0]]
+    whole = sum(op.gaps(lo, hi, op.relax(lo, hi)))
+    for part in ((lo, point), (point, hi)):
+        gap = sum(op.gaps(*part, op.relax(*part)))
+        assert (gap < whole).all()
+    assert (whole > 0.05).all() and op.splittable(lo, hi).all()
+    narrow = torch.tensor([[0.3, -torch.inf, -1e-6]]), torch.tensor([[0.3 + 1e-4, 1.0, 1e-6]])
+    assert op.splittable(*narrow).tolist() == [[False, False, False]]
+    # float64 rounds far less: the first is worth splitting there; around the inflection point f is nearly
+    # linear (the gap grows with the cube of the width)
+    assert op.splittable(*(t.double() for t in narrow)).tolist() == [[True, False, False]]
+
+
 def test_leaky_relu_lines():
     op = LeakyReLU(0.25)
     lo, hi = torch.tensor([[-2.0, 1.0, -3.0, -1.0]]), torch.tensor([[1.0, 2.0, -1.0, 3.0]])

@@ -16,6 +16,7 @@ from nncert.domains.bab import (
     SplitDeepPoly,
     Subproblems,
     preactivation_bias,
+    split_nodes,
 )
 from nncert.domains.from_torch import network_from_torch
 from nncert.domains.milp import SplitLP
@@ -87,6 +88,45 @@ def test_split_bound_with_any_multipliers_is_sound(kind, seed):
         values = torch.einsum("kj,pj->kp", C[0], net(points)).min(1).values
     assert (bound[0] <= values + 1e-5).all()
 
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("seed", range(3))
+def test_s_shaped_split_bound_with_any_multipliers_is_sound(kind, seed):
+    """Sigmoid / Tanh neurons split at their split point (the side a random point of the box lies on), any
+    slopes and any multipliers beta >= 0 of their input bounds: the bound holds on the split region."""
+    net, g, lower, upper, C = _box_and_rows(kind, seed, rows=2)
+    dp = SplitDeepPoly(net, lower, upper)
+    dp.compute_intermediate_bounds()
+    with torch.no_grad():
+        witness = net(lower + (upper - lower) * torch.rand(lower.shape, generator=g), return_all=True)
+    known, curves = {}, [node for node in split_nodes(net) if node not in net.relu_nodes]
+    for node in curves:
+        pre, op = net.nodes[node].inputs[0], net.nodes[node].op
+        lo, hi = (t.clone() for t in dp.bounds[pre])
+        point, value = op.split_point(lo, hi)[0, :3], witness[pre][0, :3]
+        lo[0, :3] = torch.where(value >= point, point, lo[0, :3])
+        hi[0, :3] = torch.where(value < point, point, hi[0, :3])
+        known[pre] = (lo, hi)
+    dp.compute_intermediate_bounds(known=known)
+    dp.bounded = set(curves)
+    dp.create_alpha = True
+    dp.linear_lower(dp.output, C)
+    for key in list(dp.alpha):
+        dp.alpha[key] = torch.rand(dp.alpha[key].shape, generator=g)
+    for node in curves:
+        dp.beta[node] = torch.rand(dp.beta[node].shape, generator=g) * 3
+    dp.create_alpha = False
+    bound = dp.linear_lower(dp.output, C)
+    points = lower + (upper - lower) * torch.rand(20000, *lower.shape[1:], generator=g)
+    with torch.no_grad():
+        values = net(points, return_all=True)
+    inside = torch.ones(len(points), dtype=torch.bool)
+    for pre, (lo, hi) in known.items():
+        inside &= ((values[pre] >= lo) & (values[pre] <= hi)).all(1)
+    assert int(inside.sum()) > 0
+    y = torch.einsum("kj,pj->kp", C[0], values[-1][inside]).min(1).values
+    assert (bound[0] <= y + 1e-5).all()
+    assert (bound[0] > -1e4).all()  # the multipliers did not make the bound meaningless
 
 
 def _empty_region_search(config):
@@ -190,10 +230,10 @@ def _search_at_root(kind, seed, rows, config):
     search = BranchAndBound(dp, C, torch.full((1, rows), 20.0), config,
                             lambda xs: torch.zeros(len(xs), dtype=torch.bool), deadline=float("inf"))
     params = dp.final_parameters()
-    pre = {r: net.nodes[r].inputs[0] for r in net.relu_nodes}
-    root = Subproblems(bounds={pre[r]: dp.bounds[pre[r]] for r in net.relu_nodes},
+    pre = {r: net.nodes[r].inputs[0] for r in split_nodes(net)}
+    root = Subproblems(bounds={pre[r]: dp.bounds[pre[r]] for r in split_nodes(net)},
                        split={r: torch.zeros(1, *net.shapes[r], dtype=torch.int8) for r in net.relu_nodes},
-                       alpha={r: params[("alpha", r)] for r in net.relu_nodes},
+                       alpha={node: p for (kind, node), p in params.items() if kind == "alpha"},
                        beta={r: torch.zeros(1, rows, *net.shapes[r]) for r in net.relu_nodes}, gamma={},
                        lower=torch.full((1, rows), -torch.inf), depth=torch.zeros(1, dtype=torch.long),
                        spec=torch.zeros(1, dtype=torch.long))
@@ -230,6 +270,48 @@ def test_children_bounds_with_the_roots_slopes_are_sound(kind, seed):
             for node, (lo, hi) in sub.bounds.items():
                 assert (values[node] >= lo[i] - 1e-5).all() and (values[node] <= hi[i] + 1e-5).all()
     assert checked > 0
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("seed", range(2))
+def test_children_hold_their_parents_points_when_s_shaped_neurons_split(kind, seed):
+    """Every sampled point of a parent's region lies in one of its children (by the split neuron's value), and
+    that child's bounds, after bounding, contain the point's node values and its row bounds lie below the
+    point's C y; a child found empty holds no point. On Sigmoid / Tanh / ReLU nets, where the branching picks
+    S-shaped neurons (and ReLUs, on three of the four)."""
+    net, lower, upper, search, root = _search_at_root(kind, seed, rows=2, config=BaBConfig(iterations=2))
+    points = lower + (upper - lower) * torch.rand(3000, *lower.shape[1:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        values = net(points, return_all=True)
+    rows = torch.einsum("kj,pj->pk", search.C[0], values[-1])  # (P, K)
+    sub, owner, kinds = root, torch.zeros(len(points), dtype=torch.long), set()
+    for _ in range(4):
+        keep = sub.branchable()
+        points_kept = keep[owner]
+        sub, owner = sub.select(keep), (keep.cumsum(0) - 1)[owner[points_kept]]
+        values, rows = [v[points_kept] for v in values], rows[points_kept]
+        if len(sub) == 0:
+            break
+        choice, _ = search.decide(sub)
+        children, refine_from = search.split(sub, choice)
+        layer, index = search.locate(sub, choice)
+        kinds |= {type(net.nodes[search.nodes[li]].op).__name__ for li in layer.tolist()}
+        pre = torch.tensor([search.pre[search.nodes[li]] for li in layer.tolist()])
+        split_value = torch.stack([values[int(pre[i])].flatten(1)[:, int(index[i])] for i in range(len(sub))], 1)
+        value = split_value.gather(1, owner[:, None])[:, 0]  # each point's value of its parent's split neuron
+        first_hi = torch.stack([children.bounds[int(pre[i])][1].flatten(1)[i, index[i]] for i in range(len(sub))])
+        second_lo = torch.stack([children.bounds[int(pre[i])][0].flatten(1)[len(sub) + i, index[i]]
+                                 for i in range(len(sub))])
+        in_first, in_second = value <= first_hi[owner] + 1e-6, value >= second_lo[owner] - 1e-6
+        assert (in_first | in_second).all()
+        owner = torch.where(in_first, owner, owner + len(sub))
+        sub, feasible, _ = search.bound(children, refine_from, iterations=2)
+        assert feasible[owner].all()
+        for node, (lo, hi) in sub.bounds.items():
+            v = values[node].flatten(1)
+            assert (v >= lo.flatten(1)[owner] - 1e-5).all() and (v <= hi.flatten(1)[owner] + 1e-5).all(), node
+        assert (sub.lower[owner] <= rows + 1e-5).all()
+    assert kind.capitalize() in kinds and kinds <= {"ReLU", kind.capitalize()}
 
 
 @pytest.mark.parametrize("kind", ["fc", "conv", "residual"])
@@ -355,7 +437,7 @@ def test_preactivation_bias_is_the_layers_bias(kind):
 
 
 @pytest.mark.parametrize("batch_size", [1, 64], ids=["trials-in-chunks", "trials-at-once"])
-@pytest.mark.parametrize("kind", ["fc", "conv"])
+@pytest.mark.parametrize("kind", ["fc", "conv", "tanh"])
 def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind, batch_size):
     """With k candidates from each score, the split chosen is the one whose better child has the best quick
     bound, judged candidate by candidate here."""
@@ -367,8 +449,8 @@ def test_filtered_smart_branching_takes_the_candidate_with_the_best_child(kind, 
     assert len(sub) > 0
     choice, trial = search.decide(sub)
     assert torch.equal(trial, search.quick_margin(search.children(sub, choice)))  # the chosen children's margins
-    primary = torch.cat([sub.score[r] for r in search.relus], 1)
-    backup = torch.cat([sub.backup[r] for r in search.relus], 1)
+    primary = torch.cat([sub.score[r] for r in search.nodes], 1)
+    backup = torch.cat([sub.backup[r] for r in search.nodes], 1)
     for i in range(len(sub)):
         one = sub.select(torch.tensor([i]))
         candidates = {c for c in primary[i].topk(k).indices.tolist() + backup[i].topk(k).indices.tolist()

@@ -401,6 +401,65 @@ def test_sigmoid_and_tanh_verdicts_hold_against_sampling_and_pgd(kind, split):
     assert "certified" in verdicts and len(verdicts) > 1  # the radii reach beyond what can be certified
 
 
+def _curve_net(kind, seed):
+    """A 4-10-10-3 MLP whose only activations are Sigmoid or Tanh, and a random centre point."""
+    act = {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh}[kind]
+    model = torch.nn.Sequential(torch.nn.Linear(4, 10), act(), torch.nn.Linear(10, 10), act(),
+                                torch.nn.Linear(10, 3)).eval()
+    _randomize(model, torch.Generator().manual_seed(seed), gain=3.0)
+    net = network_from_torch(model, (4,)).detach()
+    return net, torch.rand(4, generator=torch.Generator().manual_seed(100 + seed))
+
+
+def _assert_verdict_holds(net, lower, upper, spec, result, seed=0):
+    """A certified property has no violation among dense samples, corners and PGD points of its clauses, a
+    falsified one carries a real counterexample."""
+    if result.status == "certified":
+        rows = concrete_minimum(net, lower[None], upper[None], spec.C[None], samples=4000, seed=seed)
+        margins = torch.stack([(rows[0] - spec.d)[spec.clause == k].max() for k in range(int(spec.clause.max()) + 1)])
+        assert (margins > 0).all(), margins
+    elif result.status == "falsified":
+        x = result.counterexample
+        assert (x >= lower).all() and (x <= upper).all()
+        assert bool(_is_counterexample(net, spec)(x[None])[0])
+
+
+@pytest.mark.parametrize("kind, seed, eps", [("sigmoid", 0, 0.2), ("tanh", 2, 0.05)])
+def test_splitting_s_shaped_neurons_proves_what_the_root_cannot(kind, seed, eps):
+    """On a network with only Sigmoid or Tanh activations, neither DeepPoly nor alpha proves the property, and
+    splitting its neurons does; the verdict holds against sampling and PGD."""
+    net, x = _curve_net(kind, seed)
+    spec = robustness_spec(int(net(x[None]).argmax()), 3)
+    lower, upper = x - eps, x + eps
+    config = MNBaBConfig(split="relu")
+    root = _mnbab(net, lower, upper, spec, replace(config, bab=False), timeout=30.0)
+    assert root.status == "unknown"
+    relus_only = _mnbab(net, lower, upper, spec, replace(config, bab_config=BaBConfig(split_activations=False)),
+                        timeout=30.0)
+    assert relus_only.status == "unknown" and relus_only.stats["bab"][0]["stopped"] == "leaf without an exact solver"
+    result = _mnbab(net, lower, upper, spec, config, timeout=30.0)
+    assert result.status == "certified", result.stats
+    assert sum(b["subproblems"] for b in result.stats["bab"]) > 0
+    _assert_verdict_holds(net, lower, upper, spec, result)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_s_shaped_splitting_verdicts_hold_against_sampling_and_pgd(kind):
+    """Over seeded nets with only Sigmoid or Tanh and radii from certifiable to falsifiable, every verdict of the
+    search holds; some come from splitting."""
+    statuses, split = set(), 0
+    for seed in range(2):
+        net, x = _curve_net(kind, seed)
+        spec = robustness_spec(int(net(x[None]).argmax()), 3)
+        for eps in (0.1, 0.2, 0.4):
+            config = MNBaBConfig(split="relu", intermediate_bab_share=0.0)
+            result = _mnbab(net, x - eps, x + eps, spec, config, timeout=1.0)
+            statuses.add(result.status)
+            split += sum(b.get("subproblems", 0) for b in result.stats.get("bab", []))
+            _assert_verdict_holds(net, x - eps, x + eps, spec, result, seed)
+    assert "certified" in statuses and split > 0
+
+
 def test_leaky_relus_are_split_like_relus():
     """A network whose only activations are LeakyReLUs is decided by splitting them (not by the exact leaf MILP),
     in agreement with the exact MILP."""
