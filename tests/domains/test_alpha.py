@@ -151,15 +151,16 @@ def test_capped_optimisation_keeps_its_slopes_under_the_cap_and_stays_sound():
     uncapped.optimize(C, iterations=3)
     capped = AlphaDeepPoly(net, lower, upper)
     capped.bound(C)
+    capped.drop_stable_rows(list(capped.refine_idx))  # the rows the optimisation will have
     movable = [node for node in capped.refine_idx if capped.has_slopes(node)]
     widest = max(movable, key=lambda node: capped.refine_idx[node].shape[1] * math.prod(net.shapes[node]))
     # room for the final rows and every optimisable node but the widest convolution
     cap = sum(capped.optimization_bytes(node, 2 * capped.refine_idx[node].shape[1]) for node in movable
               if node != widest) + capped.optimization_bytes(capped.output, C.shape[1])
-    assert _slope_bytes(uncapped) > cap  # without the cap the slopes alone would not fit
     capped.max_memory = cap
     optimised = capped.optimize(C, iterations=3)
     assert widest in capped.frozen and 0 < _slope_bytes(capped) <= cap
+    assert _slope_bytes(capped) < _slope_bytes(uncapped)  # the cap left slopes out
     assert not any(start == widest for start, _ in capped.alpha)
     assert (optimised >= DeepPoly(net, lower, upper).bound(C) - 1e-6).all()
     assert (optimised <= concrete_minimum(net, lower, upper, C, seed=0) + 1e-5).all()
@@ -196,12 +197,16 @@ def test_the_default_cap_keeps_the_bounds_of_small_networks(kind, seed):
 
 
 def test_nodes_before_every_relu_are_not_reoptimised_and_the_bounds_stay():
-    """The first convolution after the input's Linear has no slope to optimise: frozen, same bounds."""
+    """The first convolution after the input's Linear has no slope to optimise: frozen, same bounds.
+
+    In float64: recomputing the node's rows (the unplanned run) may tighten float32 bounds by an ulp, which
+    Adam's steps then carry on."""
     net, lower, upper, C = _input_fed_conv_problem()
+    net, lower, upper, C = net.to(dtype=torch.float64), lower.double(), upper.double(), C.double()
     planned, unplanned = AlphaDeepPoly(net, lower, upper), Unplanned(net, lower, upper)
     a, b = planned.optimize(C, iterations=5), unplanned.optimize(C, iterations=5)
     assert planned.frozen == {3}
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["sigmoid", "tanh", "leakyrelu", "maxpool"])
