@@ -79,7 +79,7 @@ def main() -> None:
     bench = Path(args.benchmark)
     rows = list(csv.reader((bench / "instances.csv").read_text().splitlines()))[args.start:args.start + args.num]
     reference_rows = csv.DictReader((bench / "reference_results.csv").read_text().splitlines())
-    reference = {r["vnnlib"]: r["best_known"] for r in reference_rows}
+    reference = {(r["onnx"], r["vnnlib"]): r["best_known"] for r in reference_rows}  # a vnnlib may serve several nets
     result_of = {"certified": "unsat", "falsified": "sat", "timeout": "timeout"}
     with open(args.out, "w", newline="") as f:
         out = csv.writer(f)
@@ -93,7 +93,7 @@ def main() -> None:
                     raise RuntimeError(f"{vnnlib} [{label}] failed:\n{run.stderr}")
                 got = json.loads(run.stdout.strip().splitlines()[-1])
                 result = result_of.get(got["status"], "unknown")
-                ref = reference.get(vnnlib, "unknown")
+                ref = reference.get((onnx, vnnlib), "unknown")
                 wrong = {result, ref} == {"sat", "unsat"}
                 margin = "" if got["root_margin"] is None else f"{got['root_margin']:.4f}"
                 root = "" if got["root_cpu_s"] is None else f"{got['root_cpu_s']:.1f}"
