@@ -5,8 +5,10 @@ unstable ReLU, so every choice yields a sound bound. Slopes are kept per
 (start node, ReLU node): one tensor (N, K, *relu_shape) for each bound being
 computed (K rows of the final spec, or the 2K rows +-x of an intermediate
 layer's refined neurons), and optimised by projected Adam on the final bound.
-Intermediate bounds are recomputed in every step with their own slopes, and
-the best bounds seen are kept (each step's bounds are valid).
+Intermediate bounds are recomputed in every step with their own slopes, for
+the neurons the bounds before the first step leave unstable (the others stay
+stable: every step's bounds are intersected with those), and the best bounds
+seen are kept (each step's bounds are valid).
 
 Memory: per-row slopes of a refined node take (2K rows) x (neurons of every
 earlier ReLU), and autograd keeps the coefficients of those rows at every node
@@ -239,6 +241,8 @@ class AlphaDeepPoly(DeepPoly):
         smaller one).
         """
         best = self.bound(C).detach()  # without optimisation; also fixes the refined index sets
+        if intermediate:  # the passes below intersect with these bounds; rows with slopes keep their order
+            self.drop_stable_rows([node for node in self.refine_idx if all(start != node for start, _ in self.alpha)])
         if not self.plan_memory(C.shape[1], intermediate):
             return best
         reference = dict(self.bounds)

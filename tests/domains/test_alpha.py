@@ -151,15 +151,16 @@ def test_capped_optimisation_keeps_its_slopes_under_the_cap_and_stays_sound():
     uncapped.optimize(C, iterations=3)
     capped = AlphaDeepPoly(net, lower, upper)
     capped.bound(C)
+    capped.drop_stable_rows(list(capped.refine_idx))  # the rows the optimisation will have
     movable = [node for node in capped.refine_idx if capped.has_slopes(node)]
     widest = max(movable, key=lambda node: capped.refine_idx[node].shape[1] * math.prod(net.shapes[node]))
     # room for the final rows and every optimisable node but the widest convolution
     cap = sum(capped.optimization_bytes(node, 2 * capped.refine_idx[node].shape[1]) for node in movable
               if node != widest) + capped.optimization_bytes(capped.output, C.shape[1])
-    assert _slope_bytes(uncapped) > cap  # without the cap the slopes alone would not fit
     capped.max_memory = cap
     optimised = capped.optimize(C, iterations=3)
     assert widest in capped.frozen and 0 < _slope_bytes(capped) <= cap
+    assert _slope_bytes(capped) < _slope_bytes(uncapped)  # the cap left slopes out
     assert not any(start == widest for start, _ in capped.alpha)
     assert (optimised >= DeepPoly(net, lower, upper).bound(C) - 1e-6).all()
     assert (optimised <= concrete_minimum(net, lower, upper, C, seed=0) + 1e-5).all()
@@ -196,12 +197,44 @@ def test_the_default_cap_keeps_the_bounds_of_small_networks(kind, seed):
 
 
 def test_nodes_before_every_relu_are_not_reoptimised_and_the_bounds_stay():
-    """The first convolution after the input's Linear has no slope to optimise: frozen, same bounds."""
+    """The first convolution after the input's Linear has no slope to optimise: frozen, same bounds.
+
+    To 1e-4: recomputing the node's rows (the unplanned run) may tighten its bounds by an ulp, and Adam moves a
+    slope by its learning rate on a gradient of rounding noise as on any other."""
     net, lower, upper, C = _input_fed_conv_problem()
     planned, unplanned = AlphaDeepPoly(net, lower, upper), Unplanned(net, lower, upper)
     a, b = planned.optimize(C, iterations=5), unplanned.optimize(C, iterations=5)
     assert planned.frozen == {3}
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+class AllRows(AlphaDeepPoly):
+    """Every neuron the interval bounds left unstable keeps its row in the optimisation."""
+
+    def drop_stable_rows(self, nodes) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", [*KINDS, *ACTIVATION_KINDS])
+def test_dropping_the_rows_of_neurons_deeppoly_made_stable_keeps_the_bounds(kind):
+    """In float64 the optimisation without the rows of neurons that DeepPoly's bounds made stable ends where the
+    one with them does (their bounds are intersected in and stay stable): fewer rows, the same final bounds and
+    intermediate bounds of the neurons still unstable (a stable neuron's relaxation is exact whatever they are)."""
+    dropped = 0
+    for seed in range(3):
+        _, net = random_network(seed, kind, detach=True)
+        net = net.to(dtype=torch.float64)
+        lower, upper, C = (t.double() for t in random_region(net, seed, n=2, eps=0.15, rows=3))
+        fewer, every = AlphaDeepPoly(net, lower, upper), AllRows(net, lower, upper)
+        # to 1e-4: Adam moves a slope by its learning rate on a gradient of rounding noise as on any other
+        torch.testing.assert_close(fewer.optimize(C, iterations=15), every.optimize(C, iterations=15),
+                                   rtol=1e-4, atol=1e-4)
+        for node, idx in every.refine_idx.items():
+            loose = fewer.loose(node, *fewer.bounds[node])
+            for a, b in zip(fewer.bounds[node], every.bounds[node]):
+                torch.testing.assert_close(a[loose], b[loose], rtol=1e-4, atol=1e-4)
+            dropped += idx.shape[1] - fewer.refine_idx[node].shape[1]
+    assert dropped > 0
 
 
 @pytest.mark.parametrize("kind", ["sigmoid", "tanh", "leakyrelu", "maxpool"])

@@ -14,6 +14,7 @@ from nncert.domains.deeppoly import DeepPoly
 from nncert.domains.from_torch import Normalize, Residual, network_from_torch
 from nncert.domains.milp import milp_verify
 from nncert.domains.mnbab import MNBaBConfig, mnbab_verify
+from nncert.domains.network import Conv2d
 from nncert.verifier.spec import robustness_spec
 from tests.random_nets import _randomize
 from tests.soundness import assert_node_bounds_hold, concrete_minimum
@@ -103,3 +104,29 @@ def test_no_verdict_is_contradicted_by_a_point_or_the_exact_milp(kind):
         if bool((reference <= 0).any()):
             outcomes.add("falsified")
     assert outcomes == {"certified", "falsified"}, outcomes
+
+
+def _dense_conv_backward(self: Conv2d, A: torch.Tensor):
+    """Conv2d's transpose over whole feature maps, the reference of the one on the window where A is nonzero."""
+    dense = torch.nn.grad.conv2d_input((A.shape[0] * A.shape[1], *self.in_shapes[0]), self.weight, A.flatten(0, 1),
+                                       self.stride, self.padding, self.dilation)
+    return [dense.reshape(*A.shape[:2], *self.in_shapes[0])], (A * self.bias.view(-1, 1, 1)).flatten(2).sum(-1)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_windowed_back_substitution_equals_the_dense_one(kind, monkeypatch):
+    """In float64, with one neuron per back-substitution (rows zero outside its receptive field), every node's
+    DeepPoly bounds and the property's are those of transposing whole feature maps, to rounding."""
+    net, lower, upper, C = _problem(kind, 0, 8 / 255, n=1)
+    net, lower, upper, C = net.to(dtype=torch.float64), lower.double(), upper.double(), C.double()
+    bounds = []
+    for backward in (Conv2d.backward, _dense_conv_backward):
+        monkeypatch.setattr(Conv2d, "backward", backward)
+        dp = DeepPoly(net, lower, upper)
+        dp.chunk_elements = 1  # one neuron at a time
+        with torch.no_grad():
+            bounds.append((dp.bound(C), dp.bounds))
+    (windowed, windowed_nodes), (dense, dense_nodes) = bounds
+    torch.testing.assert_close(windowed, dense, rtol=0, atol=1e-10)
+    for node, (lo, hi) in dense_nodes.items():
+        torch.testing.assert_close(windowed_nodes[node], (lo, hi), rtol=0, atol=1e-10)

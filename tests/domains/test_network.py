@@ -69,6 +69,33 @@ def test_backward_is_transpose(name, shape, op):
     assert torch.allclose(const, (A * zero.unsqueeze(1)).flatten(2).sum(-1), atol=1e-4)
 
 
+CONVS = [(name, shape, op) for name, shape, op in OPS if isinstance(op, Conv2d)]
+
+
+@pytest.mark.parametrize("name,shape,op", CONVS, ids=[o[0] for o in CONVS])
+def test_conv_backward_on_the_nonzero_window_equals_the_dense_transpose(name, shape, op):
+    """Conv2d.backward transposes only the window where A is nonzero: in float64 it equals the full adjoint
+    to rounding, for windows anywhere (on the borders, one entry, the whole map, none) and NaN stays."""
+    conv = Conv2d(op.weight.double(), op.bias.double(), op.stride, op.padding, op.dilation)
+    c, h, w = _net(shape, conv).output_shape
+    g = torch.Generator().manual_seed(0)
+    corners = [(0, h, 0, w), (0, 1, 0, 1), (h - 1, h, w - 1, w), (0, h, w - 1, w), (0, 0, 0, 0)]
+    spans = [sorted(torch.randint(0, n + 1, (2,), generator=g).tolist()) for _ in range(10) for n in (h, w)]
+    for top, bottom, left, right in corners + [(*a, *b) for a, b in zip(spans[::2], spans[1::2])]:
+        A = torch.zeros(2, 3, c, h, w, dtype=torch.float64)
+        A[..., top:bottom, left:right] = torch.randn(2, 3, c, bottom - top, right - left, generator=g,
+                                                     dtype=torch.float64)
+        (A_in,), const = conv.backward(A)
+        dense = torch.nn.grad.conv2d_input((6, *shape), conv.weight, A.reshape(6, c, h, w), conv.stride,
+                                           conv.padding, conv.dilation)
+        torch.testing.assert_close(A_in, dense.reshape(2, 3, *shape), rtol=0, atol=1e-12)
+        torch.testing.assert_close(const, (A * conv.bias.view(-1, 1, 1)).flatten(2).sum(-1), rtol=0, atol=1e-12)
+    A = torch.zeros(1, 1, c, h, w, dtype=torch.float64)
+    A[..., h - 1, 0] = torch.nan
+    (A_in,), _ = conv.backward(A)
+    assert A_in.isnan().any()
+
+
 @pytest.mark.parametrize("name,shape,op", OPS, ids=[o[0] for o in OPS])
 def test_forward_abs_applies_abs_weights(name, shape, op):
     net = _net(shape, op)
