@@ -41,6 +41,8 @@ import json
 import math
 import os
 import pickle
+import random
+import re
 import statistics
 import subprocess
 import sys
@@ -151,10 +153,10 @@ def networks(args) -> list[tuple]:
         model = load_onnx(path)
         net = adapt_to_images(model.network, model.run, tuple(x.shape[1:])).network
         name = "demo " + path.stem if path == demo else path.stem
-        out.append((f"{name} eps {args.eps_cnn}", net, *sample_problems(net, x, y, args.eps_cnn, args.num)))
+        out.append((f"{name} eps {args.eps_cnn}", net, *sample_problems(net, x, y, args.eps_cnn, args.num or 10)))
     fc = Path(args.benchmarks) / "vnncomp" / "2022_mnist_fc" / "instances.csv"
     if fc.exists():
-        out += list(vnnlib_problems(read_instances(fc), args.num))
+        out += list(vnnlib_problems(read_instances(fc), args.num or 10))
     else:
         print(f"peers: {fc} not found, mnist_fc nets left out of the bound comparisons", file=sys.stderr)
     return out
@@ -283,36 +285,120 @@ def run_bounds(args, kinds) -> dict | None:
 
 # -- complete verification against alpha-beta-CROWN -------------------------------------------------------
 
+# alpha-beta-CROWN's own configuration file (under complete_verifier/exp_configs) for each VNN-COMP benchmark,
+# keyed by the benchmark folder's name without its year (2022_oval21 -> oval21); --abcrown-config overrides it.
+ABCROWN_CONFIGS = {
+    "acasxu": "vnncomp21/acasxu.yaml",
+    "cifar10_resnet": "vnncomp21/cifar10-resnet.yaml",
+    "cifar2020": "vnncomp22/cifar2020_2_255.yaml",
+    "cifar_biasfield": "vnncomp22/cifar_biasfield.yaml",
+    "collins_rul_cnn": "vnncomp22/collins-rul-cnn.yaml",
+    "marabou_cifar10": "vnncomp21/marabou_cifar10.yaml",
+    "mnist_fc": "vnncomp22/mnistfc.yaml",
+    "nn4sys": "vnncomp22/nn4sys_2022_all.yaml",
+    "oval21": "vnncomp22/oval22.yaml",
+    "reach_prob_density": "vnncomp22/reach_probability.yaml",
+    "sri_resnet_a": "vnncomp22/resnet_A.yaml",
+    "sri_resnet_b": "vnncomp22/resnet_B.yaml",
+    "tllverifybench": "vnncomp22/tllVerifyBench.yaml",
+    "verivital": "vnncomp21/verivital.yaml",
+    "vggnet16": "vnncomp22/vggnet16.yaml",
+}
 
-def abcrown_config(bench: Path, start: int, end: int, timeout: float, results: Path, restarts: int = 100) -> dict:
-    """alpha-beta-CROWN's VNN-COMP 2022 mnist_fc settings (exp_configs/vnncomp22/mnistfc.yaml) on the CPU.
 
-    Changed: device cpu; ``bab`` instead of ``bab-refine`` (MIP-refined intermediate bounds need a Gurobi
-    licence); batch size 1024 instead of 4096 (CPU memory); the timeout overridden by ours; optionally
-    fewer PGD restarts than the competition's 100 (a GPU's budget, tens of seconds on one CPU thread).
+def benchmark_key(folder: Path) -> str:
+    """The benchmark's name without a year: ``2022_oval21``, ``oval21_2022`` -> ``oval21``."""
+    return re.sub(r"^20\d\d_|_20\d\d$", "", folder.name.lower()).replace("-", "_")
+
+
+def abcrown_config_file(folder: Path, override: str | None) -> str:
+    """The peer's configuration file for ``folder``: ``override`` (a path or a name under exp_configs) if given,
+    else the lookup table's entry."""
+    if override:
+        return override
+    try:
+        return ABCROWN_CONFIGS[benchmark_key(folder)]
+    except KeyError:
+        raise SystemExit(f"peers: no alpha-beta-CROWN configuration known for {folder.name}; name one of "
+                         f"exp_configs with --abcrown-config") from None
+
+
+def benchmark_folder(benchmark: str, root: Path) -> Path:
+    """``benchmark`` as a folder holding instances.csv: a path, or a name under ``root/vnncomp`` or ``root``."""
+    for folder in (Path(benchmark), root / "vnncomp" / benchmark, root / benchmark):
+        if (folder / "instances.csv").is_file():
+            return folder
+    raise SystemExit(f"peers: no instances.csv for benchmark {benchmark!r} (a path, or a folder under "
+                     f"{root / 'vnncomp'}; see --benchmarks / $NNCERT_BENCHMARKS)")
+
+
+def abcrown_config(base: dict, bench: Path, n: int, timeout: float, results: Path, input_shape, batch_cap: int,
+                   pgd_restarts: int | None) -> dict:
+    """The peer's own configuration ``base`` for the benchmark, made to run here on the instances of ``bench``.
+
+    Changed: device cpu; the instances, the first ``n`` rows of ``bench``'s csv, and the timeout are ours;
+    ``bab-refine`` becomes ``bab`` (MIP-refined intermediate bounds need a Gurobi licence) and cutting planes
+    are off (they need CPLEX); the batch of ReLU-split subproblems is at most ``batch_cap`` (CPU memory; an
+    input-split configuration keeps its own, its subproblems being small); the input shape is the ONNX's unless
+    the configuration names one; optionally other PGD restarts than the configuration's (a GPU's budget).
     """
-    return {
-        "general": {"device": "cpu", "root_path": str(bench), "csv_name": "instances.csv",
-                    "complete_verifier": "bab", "results_file": str(results)},
-        "model": {"input_shape": [-1, 1, 28, 28]},
-        "data": {"start": start, "end": end},
-        "solver": {"batch_size": 1024, "start_save_best": -1,
-                   "beta-crown": {"iteration": 20, "lr_beta": 0.03, "enable_opt_interm_bounds": False}},
-        "bab": {"override_timeout": timeout, "branching": {"candidates": 5, "reduceop": "max"}},
-        "attack": {"attack_mode": "diversed_PGD", "pgd_restarts": restarts},
-    }
+    config = copy.deepcopy(base)
+    config.setdefault("general", {}).update(device="cpu", root_path=str(bench), csv_name="instances.csv",
+                                            results_file=str(results))
+    if config["general"].get("complete_verifier") == "bab-refine":
+        config["general"]["complete_verifier"] = "bab"
+    config.setdefault("data", {}).update(start=0, end=n)
+    bab = config.setdefault("bab", {})
+    bab.update(timeout=timeout, override_timeout=timeout)
+    if bab.get("cut", {}).get("enabled"):
+        bab["cut"].update(enabled=False, cplex_cuts=False, bab_cut=False)
+    if input_shape is not None:
+        config.setdefault("model", {}).setdefault("input_shape", [-1, *input_shape])
+    solver = config.setdefault("solver", {})
+    if not bab.get("branching", {}).get("input_split", {}).get("enable", False):
+        solver["batch_size"] = min(solver.get("batch_size", batch_cap), batch_cap)
+    if pgd_restarts is not None:
+        config.setdefault("attack", {})["pgd_restarts"] = pgd_restarts
+    return config
 
 
-def abcrown_answer(status: str) -> str:
-    """alpha-beta-CROWN's verified_status as unsat / sat / timeout (its own mapping in single-file mode)."""
-    if "unknown" in status or "timed out" in status or "timeout" in status:
-        return "timeout"
-    return "sat" if "unsafe" in status else "unsat" if "safe" in status else "timeout"
+def shared_input_shape(instances) -> tuple[int, ...] | None:
+    """The ONNX input shape (without the batch) of every network of ``instances``, or None if they differ."""
+    shapes = {tuple(load_onnx(path, check=False).input_shape) for path in {inst.onnx for inst in instances}}
+    return next(iter(shapes)) if len(shapes) == 1 else None
 
 
-def linked_benchmark(instances, workdir: Path) -> Path:
-    """The instances as a benchmark folder of symlinks: alpha-beta-CROWN caches files next to its inputs,
-    which must not land in the shared benchmark folder."""
+def undecided_or_slow(results_csv: Path, seconds: float) -> set[tuple[str, str]]:
+    """(onnx name, vnnlib name) of the rows of one of our ``certify --instances`` results that were not
+    decided, or decided in more than ``seconds``."""
+    with open(results_csv) as f:
+        rows = csv.DictReader(line for line in f if not line.startswith("#"))
+        return {(Path(r["onnx"]).name, Path(r["vnnlib"]).name) for r in rows
+                if r["result"] not in ("sat", "unsat") or float(r["time_s"]) > seconds}
+
+
+def select_instances(instances, start: int = 0, num: int | None = None, only: str | None = None,
+                     hard: set | None = None, sample: int = 0, seed: int = 0) -> list:
+    """The instances of ``instances[start:start + num]`` to run, in csv order: those named in ``only`` (comma-
+    separated ``<onnx stem>__<vnnlib stem>``), else those in ``hard`` ((onnx, vnnlib) file names) plus a seeded
+    random ``sample`` of the others; all of the range if neither is given."""
+    chosen = instances[start:start + num if num is not None else None]
+    if only:
+        names = set(only.split(","))
+        if missing := names - {inst.name for inst in chosen}:
+            raise SystemExit(f"peers: --only: no instance {', '.join(sorted(missing))} in the selected range")
+        return [inst for inst in chosen if inst.name in names]
+    if hard is None and not sample:
+        return chosen
+    picked = {inst.name for inst in chosen if (inst.onnx.name, inst.vnnlib.name) in (hard or set())}
+    rest = [inst.name for inst in chosen if inst.name not in picked]
+    picked |= set(random.Random(seed).sample(rest, min(sample, len(rest))))
+    return [inst for inst in chosen if inst.name in picked]
+
+
+def linked_benchmark(instances, timeout: float, workdir: Path) -> Path:
+    """The instances as a benchmark folder of symlinks with the shared timeout: alpha-beta-CROWN caches files
+    next to its inputs, which must not land in the shared benchmark folder."""
     root = workdir / "benchmark"
     rows = []
     for inst in instances:
@@ -322,18 +408,16 @@ def linked_benchmark(instances, workdir: Path) -> Path:
             if not link.exists():
                 link.symlink_to(path.resolve())
         rows.append(f"{inst.onnx.parent.name}/{inst.onnx.name},{inst.vnnlib.parent.name}/{inst.vnnlib.name},"
-                    f"{inst.timeout:g}")
+                    f"{timeout:g}")
     (root / "instances.csv").write_text("\n".join(rows) + "\n")
     return root
 
 
-def run_abcrown(abcrown: Path, peer_path: str | None, bench: Path, n: int, args, workdir: Path
+def run_abcrown(abcrown: Path, peer_path: str | None, config: dict, threads: int, workdir: Path
                 ) -> tuple[list[dict], float]:
-    """alpha-beta-CROWN on the ``n`` instances of ``bench`` (a :func:`linked_benchmark` folder)."""
-    cfg, results = workdir / "abcrown.json", workdir / "abcrown_results.pkl"
-    config = abcrown_config(bench, 0, n, args.timeout, results, args.abcrown_pgd_restarts)
+    """alpha-beta-CROWN with ``config`` (see :func:`abcrown_config`): per instance answer and seconds."""
+    cfg, results = workdir / "abcrown.json", Path(config["general"]["results_file"])
     cfg.write_text(json.dumps(config))  # YAML 1.2 reads JSON
-    threads = args.threads
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": peer_path or ""}  # the peers' site dir only: not this project
     command = [sys.executable, "abcrown.py", "--config", str(cfg)]
@@ -347,6 +431,13 @@ def run_abcrown(abcrown: Path, peer_path: str | None, bench: Path, n: int, args,
         per_instance = pickle.load(f)["results"]
     return [{"result": abcrown_answer(status), "time_s": seconds, "status": status}
             for status, seconds in per_instance], wall
+
+
+def abcrown_answer(status: str) -> str:
+    """alpha-beta-CROWN's verified_status as unsat / sat / timeout (its own mapping in single-file mode)."""
+    if "unknown" in status or "timed out" in status or "timeout" in status:
+        return "timeout"
+    return "sat" if "unsafe" in status else "unsat" if "safe" in status else "timeout"
 
 
 def run_ours(bench: Path, timeout: float, threads: int, workdir: Path) -> tuple[list, float]:
@@ -364,11 +455,44 @@ def run_ours(bench: Path, timeout: float, threads: int, workdir: Path) -> tuple[
     return [{"result": r["result"], "time_s": float(r["time_s"])} for r in rows], wall
 
 
+TOOLS = (("ours", "nncert mnbab"), ("abcrown", "alpha-beta-CROWN"))
+
+
 def tally(rows: list[dict], wall: float) -> dict:
     times = [r["time_s"] for r in rows]
     return {**{a: sum(r["result"] == a for r in rows) for a in ("unsat", "sat", "timeout", "unknown")},
             "n": len(rows), "total_s": sum(times), "median_s": statistics.median(times) if times else 0.0,
             "wall_s": wall}
+
+
+def compare_answers(instances, bench: Path, ours: list[dict], theirs: list[dict]) -> tuple[list[dict], list[str]]:
+    """Per instance both tools' answers next to ``reference_results.csv``'s best known (``?`` without one),
+    and every decided answer that contradicts it."""
+    reference = {}
+    if (bench / "reference_results.csv").exists():
+        with open(bench / "reference_results.csv") as f:
+            reference = {(r["onnx"], r["vnnlib"]): r["best_known"] for r in csv.DictReader(f)}
+    rows, contradictions = [], []
+    for inst, a, b in zip(instances, ours, theirs, strict=True):
+        key = (inst.onnx.relative_to(bench).as_posix(), inst.vnnlib.relative_to(bench).as_posix())
+        row = {"instance": inst.name, "reference": reference.get(key, "?"), "ours": a, "abcrown": b}
+        for tool in ("ours", "abcrown"):
+            answer = row[tool]["result"]
+            if answer in ("sat", "unsat") and row["reference"] in ("sat", "unsat") and answer != row["reference"]:
+                contradictions.append(f"{tool} {inst.name}: {answer}, reference {row['reference']}")
+        rows.append(row)
+    return rows, contradictions
+
+
+def complete_section(args) -> str:
+    """The results section of a complete run: benchmark, timeout and the options that change the selection."""
+    parts = ["complete", Path(args.benchmark).name, f"{args.timeout:g}s"]
+    parts += [f"pgd{args.abcrown_pgd_restarts}"] if args.abcrown_pgd_restarts is not None else []
+    parts += [f"start{args.start}"] if args.start else []
+    parts += ["only"] if args.only else []
+    parts += [f"hard{args.hard_seconds:g}s"] if args.hard_from else []
+    parts += [f"sample{args.sample}"] if args.sample else []
+    return "_".join(parts)
 
 
 def run_complete(args) -> dict | None:
@@ -377,34 +501,28 @@ def run_complete(args) -> dict | None:
     if not abcrown or not (Path(abcrown) / "abcrown.py").exists():
         print(f"peers: skipped complete: alpha-beta-CROWN not installed ({README})")
         return None
-    bench = Path(args.benchmarks) / "vnncomp" / "2022_mnist_fc"
-    instances = read_instances(bench / "instances.csv")[args.start:args.start + args.num]
-    if args.only:
-        names = set(args.only.split(","))
-        instances = [inst for inst in instances if inst.name in names]
-        if missing := names - {inst.name for inst in instances}:
-            raise SystemExit(f"peers: --only: no instance {', '.join(sorted(missing))} in the selected range")
-    with open(bench / "reference_results.csv") as f:
-        reference = {(r["onnx"], r["vnnlib"]): r["best_known"] for r in csv.DictReader(f)}
+    bench = benchmark_folder(args.benchmark, Path(args.benchmarks))
+    hard = undecided_or_slow(Path(args.hard_from), args.hard_seconds) if args.hard_from else None
+    instances = select_instances(read_instances(bench / "instances.csv"), args.start, args.num, args.only, hard,
+                                 args.sample, args.seed)
+    config_file = abcrown_config_file(bench, args.abcrown_config)
+    sys.path.insert(0, peer_path or "")
+    yaml = importlib.import_module("yaml")  # the peer's dependency, from its site dir
+    config_path = Path(config_file) if Path(config_file).is_file() else Path(abcrown) / "exp_configs" / config_file
+    base = yaml.safe_load(config_path.read_text())
     with tempfile.TemporaryDirectory(prefix="nncert-peers-") as tmp:
         workdir = Path(args.keep or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        linked = linked_benchmark(instances, workdir)  # both tools read the same files
+        linked = linked_benchmark(instances, args.timeout, workdir)  # both tools read the same files
+        config = abcrown_config(base, linked, len(instances), args.timeout, workdir / "abcrown_results.pkl",
+                                shared_input_shape(instances), args.abcrown_batch_size, args.abcrown_pgd_restarts)
         ours, ours_wall = run_ours(linked, args.timeout, args.threads, workdir)
-        theirs, theirs_wall = run_abcrown(Path(abcrown), peer_path, linked, len(instances), args, workdir)
-    rows, contradictions = [], []
-    for inst, a, b in zip(instances, ours, theirs, strict=True):
-        key = (str(inst.onnx.relative_to(bench)), str(inst.vnnlib.relative_to(bench)))
-        row = {"instance": inst.name, "reference": reference.get(key, "?"), "ours": a, "abcrown": b}
-        for tool in ("ours", "abcrown"):
-            answer = row[tool]["result"]
-            if answer in ("sat", "unsat") and row["reference"] in ("sat", "unsat") and answer != row["reference"]:
-                contradictions.append(f"{tool} {inst.name}: {answer}, reference {row['reference']}")
-        rows.append(row)
-    return {"start": args.start, "num": args.num, "only": args.only, "timeout_s": args.timeout,
-            "threads": args.threads,
-            "abcrown_config": abcrown_config(Path("<symlinks to the instances>"), 0, len(instances), args.timeout,
-                                             Path("results.pkl"), args.abcrown_pgd_restarts),
+        theirs, theirs_wall = run_abcrown(Path(abcrown), peer_path, config, args.threads, workdir)
+    rows, contradictions = compare_answers(instances, bench, ours, theirs)
+    return {"benchmark": bench.name, "start": args.start, "num": args.num, "only": args.only,
+            "hard_from": args.hard_from, "hard_seconds": args.hard_seconds if args.hard_from else None,
+            "sample": args.sample, "seed": args.seed, "timeout_s": args.timeout, "threads": args.threads,
+            "abcrown_config_file": config_file, "abcrown_config": config,
             "ours": tally(ours, ours_wall), "abcrown": tally(theirs, theirs_wall),
             "contradictions": contradictions, "rows": rows}
 
@@ -450,29 +568,38 @@ def bounds_table(data: dict, section: str) -> list[str]:
 
 
 def complete_table(data: dict) -> list[str]:
-    restarts = data["abcrown_config"]["attack"]["pgd_restarts"]
-    chosen = f"{data['start']}..{data['start'] + data['num'] - 1}"
+    config = data["abcrown_config"]
+    restarts = config.get("attack", {}).get("pgd_restarts", "its default")
+    chosen = f"{data['start']}..{data['start'] + data['num'] - 1}" if data.get("num") else f"{data['start']}..end"
     if data.get("only"):
         chosen = f"{data['only'].replace(',', ', ')} (of {chosen})"
-    lines = [f"Instances {chosen} of instances.csv, timeout {data['timeout_s']} s for both; alpha-beta-CROWN with "
-             f"{restarts} PGD restarts.", "",
+    elif data.get("hard_from"):
+        chosen = (f"{chosen} undecided or slower than {data['hard_seconds']:g} s in {data['hard_from']}, and "
+                  f"{data['sample']} more drawn at random (seed {data['seed']})")
+    elif data.get("sample"):
+        chosen = f"{data['sample']} drawn at random (seed {data['seed']}) of {chosen}"
+    benchmark = data.get("benchmark", "2022_mnist_fc")
+    lines = [f"{benchmark}: instances {chosen} of instances.csv, timeout {data['timeout_s']:g} s for both; "
+             f"alpha-beta-CROWN with {data.get('abcrown_config_file', 'vnncomp22/mnistfc.yaml')} as changed by "
+             f"the harness (batch {config.get('solver', {}).get('batch_size', 'its default')}, "
+             f"{restarts} PGD restarts).", "",
              "| tool | n | unsat | sat | timeout | unknown | median s | total s | wall s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for tool, name in (("ours", "nncert mnbab"), ("abcrown", "alpha-beta-CROWN")):
+    for tool, name in TOOLS:
         s = data[tool]
         lines.append(f"| {name} | {s['n']} | {s['unsat']} | {s['sat']} | {s['timeout']} | {s['unknown']} | "
                      f"{s['median_s']:.2f} | {s['total_s']:.1f} | {s['wall_s']:.0f} |")
     networks = sorted({row["instance"].split("__")[0] for row in data["rows"]})
-    if len(networks) > 1:
+    if 1 < len(networks) <= 8:
         lines += ["", "| network | tool | unsat | sat | timeout | unknown | median s | total s |",
                   "|---|---|---|---|---|---|---|---|"]
         for net in networks:
             rows = [row for row in data["rows"] if row["instance"].startswith(net + "__")]
-            for tool, name in (("ours", "nncert mnbab"), ("abcrown", "alpha-beta-CROWN")):
+            for tool, name in TOOLS:
                 s = tally([row[tool] for row in rows], 0.0)
                 lines.append(f"| {net} | {name} | {s['unsat']} | {s['sat']} | {s['timeout']} | {s['unknown']} | "
                              f"{s['median_s']:.2f} | {s['total_s']:.1f} |")
-    if data.get("only"):
+    if len(data["rows"]) <= 40:
         lines += ["", "| instance | reference | nncert mnbab | s | alpha-beta-CROWN | s |", "|---|---|---|---|---|---|"]
         lines += [f"| {row['instance']} | {row['reference']} | {row['ours']['result']} | {row['ours']['time_s']:.1f} | "
                   f"{row['abcrown']['result']} | {row['abcrown']['time_s']:.1f} |" for row in data["rows"]]
@@ -500,17 +627,33 @@ def main() -> None:
                    help="alpha-beta-CROWN's complete_verifier folder (default: $NNCERT_ABCROWN)")
     p.add_argument("--benchmarks", default=os.environ.get("NNCERT_BENCHMARKS") or str(REPO.parent / "shared" /
                                                                                       "benchmarks"))
-    p.add_argument("--num", type=int, default=10, help="samples per network (bounds) or instances (complete)")
+    p.add_argument("--num", type=int, default=None,
+                   help="samples per network (bounds; default 10) or instances from --start (complete; default all)")
     p.add_argument("--eps-cnn", type=float, default=0.1, help="L-inf radius on the CNN3 models")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--start", type=int, default=0, help="first mnist_fc instance (complete)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per instance, both tools (complete)")
+    p.add_argument("--benchmark", default="2022_mnist_fc",
+                   help="complete: a VNN-COMP benchmark folder with instances.csv, as a path or a name under "
+                        "--benchmarks/vnncomp (acasxu, 2022_oval21, 2022_sri_resnet_b, ...)")
+    p.add_argument("--abcrown-config", default=None,
+                   help="complete: alpha-beta-CROWN's configuration file (a path, or a name under its exp_configs; "
+                        "default: its own for the benchmark, from the table ABCROWN_CONFIGS)")
+    p.add_argument("--start", type=int, default=0, help="complete: first instance of instances.csv")
+    p.add_argument("--timeout", type=float, default=60.0, help="complete: seconds per instance, both tools")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--abcrown-pgd-restarts", type=int, default=100,
-                   help="alpha-beta-CROWN's PGD restarts (competition: 100); other values (and a --start) get "
-                        "their own results section")
+    p.add_argument("--abcrown-pgd-restarts", type=int, default=None,
+                   help="complete: alpha-beta-CROWN's PGD restarts (default: its configuration's)")
+    p.add_argument("--abcrown-batch-size", type=int, default=1024,
+                   help="complete: at most this many ReLU-split subproblems per alpha-beta-CROWN batch (CPU memory)")
     p.add_argument("--only", default=None, help="complete: only these instances of the range (comma-separated "
-                   "<onnx stem>__<vnnlib stem>, e.g. mnist-net_256x6__prop_1_0.03); own results section")
+                   "<onnx stem>__<vnnlib stem>, e.g. mnist-net_256x6__prop_1_0.03)")
+    p.add_argument("--hard-from", default=None,
+                   help="complete: only the instances one of our results CSVs (certify --instances --out) left "
+                        "undecided or decided in more than --hard-seconds")
+    p.add_argument("--hard-seconds", type=float, default=3.0)
+    p.add_argument("--sample", type=int, default=0,
+                   help="complete: this many more instances of the range drawn at random (all of them drawn if "
+                        "neither --only nor --hard-from is given)")
+    p.add_argument("--seed", type=int, default=0, help="complete: seed of --sample")
     p.add_argument("--keep", default=None, help="keep the complete run's logs and configs in this folder")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers"))
     args = p.parse_args()
@@ -528,10 +671,7 @@ def main() -> None:
     if "complete" in args.comparisons:
         data = run_complete(args)
         if data is not None:
-            key = ("complete" + ("" if args.abcrown_pgd_restarts == 100 else f"_pgd{args.abcrown_pgd_restarts}")
-                   + ("" if args.start == 0 else f"_start{args.start}")
-                   + ("" if args.timeout == 60 else f"_{args.timeout:g}s") + ("_only" if args.only else ""))
-            new[key] = {**data, "meta": meta(args, peer_path)}
+            new[complete_section(args)] = {**data, "meta": meta(args, peer_path)}
     if not new:
         return
     out = Path(args.out)  # read only now: other comparisons may have written their sections meanwhile
