@@ -37,6 +37,7 @@ import argparse
 import copy
 import csv
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -57,9 +58,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nncert.cli.certify import demo_files  # noqa: E402
+from nncert.domains.activations import LeakyReLU, Sigmoid, Tanh  # noqa: E402
 from nncert.domains.alpha import AlphaDeepPoly  # noqa: E402
 from nncert.domains.deeppoly import DeepPoly  # noqa: E402
-from nncert.domains.network import Conv2d, ElementwiseAffine, Linear, Network, ReLU, Reshape  # noqa: E402
+from nncert.domains.maxpool import MaxPool2d  # noqa: E402
+from nncert.domains.network import Activation, Conv2d, ElementwiseAffine, Linear, Network, ReLU, Reshape  # noqa: E402
+from nncert.training.datasets import load_dataset  # noqa: E402
 from nncert.verifier.instances import read_instances  # noqa: E402
 from nncert.verifier.onnx_import import load_onnx  # noqa: E402
 from nncert.verifier.problems import adapt_to_images, load_inputs_npz, vnnlib_instance  # noqa: E402
@@ -86,8 +90,22 @@ class Affine(nn.Module):
         return x * self.scale + self.shift
 
 
+def activation_module(op) -> nn.Module:
+    """The torch module of an IR activation (ReLU, Sigmoid, Tanh, LeakyReLU, MaxPool2d with symmetric pads)."""
+    simple = {ReLU: nn.ReLU, Sigmoid: nn.Sigmoid, Tanh: nn.Tanh}
+    if type(op) in simple:
+        return simple[type(op)]()
+    if isinstance(op, LeakyReLU):
+        return nn.LeakyReLU(op.alpha)
+    left, right, top, bottom = op.pads
+    if left != right or top != bottom:
+        raise ValueError(f"{op!r}: asymmetric pads have no nn.MaxPool2d counterpart")
+    return nn.MaxPool2d(op.kernel, op.stride, (top, left), op.dilation)
+
+
 def to_torch(net: Network) -> nn.Sequential:
-    """A chain IR network as an nn.Sequential with the same weights (Linear, Conv2d, ReLU, Reshape, affine)."""
+    """A chain IR network as an nn.Sequential with the same weights (Linear, Conv2d, activations, Reshape,
+    affine)."""
     layers: list[nn.Module] = []
     for i, node in enumerate(net.nodes[1:], start=1):
         op = node.op
@@ -98,8 +116,8 @@ def to_torch(net: Network) -> nn.Sequential:
         elif isinstance(op, Conv2d):
             c_out, c_in, kh, kw = op.weight.shape
             layer = nn.Conv2d(c_in, c_out, (kh, kw), op.stride, op.padding, op.dilation)
-        elif isinstance(op, ReLU):
-            layers.append(nn.ReLU())
+        elif isinstance(op, (ReLU, Sigmoid, Tanh, LeakyReLU, MaxPool2d)):
+            layers.append(activation_module(op))
             continue
         elif isinstance(op, Reshape):
             layers.append(nn.Unflatten(1, op.out_shape) if len(op.out_shape) > 1 else nn.Flatten())
@@ -144,20 +162,46 @@ def vnnlib_problems(instances, num: int):
                torch.stack([p.output.C for p in rows]), [inst.vnnlib.stem for inst in insts[:num]])
 
 
-def networks(args) -> list[tuple]:
-    """(name, network, lower, upper, C, sample names) for every network of the bound comparisons."""
+def nonrelu_networks(data_dir: str | None, workdir: Path) -> list[tuple[str, Path]]:
+    """The networks of benchmarks/nonrelu.py (Sigmoid, Tanh, LeakyReLU, MaxPool), trained and exported by its
+    own code with its defaults (one epoch, seed 0): (name, ONNX path)."""
+    spec = importlib.util.spec_from_file_location("nonrelu", REPO / "benchmarks" / "nonrelu.py")
+    nonrelu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nonrelu)
+    train_data = load_dataset("mnist", "train", data_dir)
+    out = []
+    for name, build in nonrelu.NETWORKS.items():
+        model, _ = nonrelu.train(build(), train_data, 1, 0)
+        nonrelu.export(model, workdir / f"{name}.onnx")
+        out.append((name, workdir / f"{name}.onnx"))
+    return out
+
+
+NETWORK_GROUPS = ("models", "mnist_fc", "nonrelu")
+
+
+def networks(args, workdir: Path) -> list[tuple]:
+    """(name, network, lower, upper, C, sample names) for every network of the bound comparisons: the groups
+    ``models`` (the demo CNN3 and benchmarks/models at ``--eps-cnn``), ``mnist_fc`` (VNN-COMP properties) and
+    ``nonrelu`` (benchmarks/nonrelu.py's networks at ``--eps-nonrelu``) named in ``args.networks``."""
     demo, samples = demo_files()
     x, y = load_inputs_npz(samples, 0.0, 1.0)
+    num, groups = args.num or 10, args.networks.split(",")
+    onnx = []
+    if "models" in groups:
+        onnx += [("demo " + demo.stem, demo, args.eps_cnn)]
+        onnx += [(path.stem, path, args.eps_cnn) for path in sorted((REPO / "benchmarks" / "models").glob("*.onnx"))]
+    if "nonrelu" in groups:
+        onnx += [(name, path, args.eps_nonrelu) for name, path in nonrelu_networks(args.data_dir, workdir)]
     out = []
-    for path in [demo, *sorted((REPO / "benchmarks" / "models").glob("*.onnx"))]:
+    for name, path, eps in onnx:
         model = load_onnx(path)
         net = adapt_to_images(model.network, model.run, tuple(x.shape[1:])).network
-        name = "demo " + path.stem if path == demo else path.stem
-        out.append((f"{name} eps {args.eps_cnn}", net, *sample_problems(net, x, y, args.eps_cnn, args.num or 10)))
+        out.append((f"{name} eps {eps:g}", net, *sample_problems(net, x, y, eps, num)))
     fc = Path(args.benchmarks) / "vnncomp" / "2022_mnist_fc" / "instances.csv"
-    if fc.exists():
-        out += list(vnnlib_problems(read_instances(fc), args.num or 10))
-    else:
+    if "mnist_fc" in groups and fc.exists():
+        out += list(vnnlib_problems(read_instances(fc), num))
+    elif "mnist_fc" in groups:
         print(f"peers: {fc} not found, mnist_fc nets left out of the bound comparisons", file=sys.stderr)
     return out
 
@@ -201,7 +245,9 @@ def compare_sample(lirpa, peer: dict, net: Network, lo, hi, c, kinds, exact=None
             ours, t_ours = timed(lambda: DeepPoly(net, lo, hi).bound(c))
         for key in ("crown", "crown+ibp"):
             theirs, t_theirs = timed(lambda key=key: lirpa_bound(lirpa, peer[key], lo, hi, c, "CROWN"))
-            row[key] = {"max_abs_diff": float((ours - theirs).abs().max()), "ours_s": t_ours,
+            diff = ours - theirs  # > 0: ours tighter (larger lower bound)
+            row[key] = {"max_abs_diff": float(diff.abs().max()), "mean_diff": float(diff.mean()),
+                        "max_diff": float(diff.max()), "min_diff": float(diff.min()), "ours_s": t_ours,
                         "peer_s": t_theirs, "ours_min_bound": float(ours.min()), "peer_min_bound": float(theirs.min())}
             if exact is not None:
                 net64, peer64 = exact
@@ -228,7 +274,8 @@ def compare_network(lirpa, name, net, lower, upper, C, names, kinds, dtype) -> d
     peer = bounded_modules(lirpa, net, dtype, [k for k in ("crown", "crown+ibp", "alpha")
                                                if k.split("+")[0] in kinds])
     exact = None
-    if "crown" in kinds:
+    # DeepPoly and CROWN share the ReLU relaxation only: agreement is checked on ReLU networks
+    if "crown" in kinds and not any(isinstance(node.op, Activation) for node in net.nodes):
         net64 = copy.deepcopy(net).to(dtype=torch.float64)
         exact = (net64, bounded_modules(lirpa, net64, torch.float64, ("crown", "crown+ibp")))
     rows = []
@@ -246,15 +293,16 @@ def summarize_bounds(result: dict, kinds) -> dict:
         r = [row[key] for row in rows]
         ours, theirs = statistics.median(x["ours_s"] for x in r), statistics.median(x["peer_s"] for x in r)
         out[key] = {"median_ours_ms": 1e3 * ours, "median_peer_ms": 1e3 * theirs, "time_ratio": ours / theirs}
+        out[key].update(mean_diff=statistics.mean(x["mean_diff"] for x in r),
+                        max_diff=max(x["max_diff"] for x in r), min_diff=min(x["min_diff"] for x in r),
+                        ours_tighter=sum(x["mean_diff"] > 1e-6 for x in r),
+                        peer_tighter=sum(x["mean_diff"] < -1e-6 for x in r))
         if key == "alpha":
-            out[key].update(mean_diff=statistics.mean(x["mean_diff"] for x in r),
-                            ours_tighter=sum(x["mean_diff"] > 1e-6 for x in r),
-                            peer_tighter=sum(x["mean_diff"] < -1e-6 for x in r),
-                            ours_certified=sum(x["ours_certified"] for x in r),
+            out[key].update(ours_certified=sum(x["ours_certified"] for x in r),
                             peer_certified=sum(x["peer_certified"] for x in r))
         else:
             out[key]["max_abs_diff"] = max(x["max_abs_diff"] for x in r)
-            out[key]["max_abs_diff_float64"] = max(x["max_abs_diff_float64"] for x in r)
+            out[key]["max_abs_diff_float64"] = max(x.get("max_abs_diff_float64", math.nan) for x in r)
             out[key]["max_abs_bound"] = max(abs(x["ours_min_bound"]) for x in r)
     return out
 
@@ -270,7 +318,9 @@ def run_bounds(args, kinds) -> dict | None:
         return None
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     results = []
-    for name, net, lower, upper, C, names in networks(args):
+    with tempfile.TemporaryDirectory(prefix="nncert-peers-") as tmp:
+        problems = networks(args, Path(tmp))
+    for name, net, lower, upper, C, names in problems:
         try:
             to_torch(net)
         except ValueError as e:  # e.g. the AbsCert net's input quantiser (Floor)
@@ -532,16 +582,14 @@ def run_complete(args) -> dict | None:
 
 def markdown(report: dict) -> str:
     lines = []
-    for section in ("crown", "alpha", *sorted(k for k in report if k.startswith("complete"))):
-        if section not in report:
-            continue
+    for section in sorted(report, key=lambda k: (["crown", "alpha", "complete"].index(k.split("_")[0]), k)):
         meta = report[section]["meta"]
         lines += [f"## {section}", "", f"Command: `{meta['command']}`  ",
                   f"{meta['date']}, torch {meta['versions']['torch']}, {meta['versions']['platform']}, "
                   f"{meta['threads']} thread(s), {meta['machine']}; peers: "
                   f"{meta.get('peer_commits') or 'commits not recorded'}", ""]
         lines += (complete_table(report[section]) if section.startswith("complete")
-                  else bounds_table(report[section], section)) + [""]
+                  else bounds_table(report[section], section.split("_")[0])) + [""]
     return "\n".join(lines)
 
 
@@ -556,12 +604,23 @@ def bounds_table(data: dict, section: str) -> list[str]:
                          f"{b['max_abs_diff_float64']:.1e} | {b['max_abs_diff']:.1e}; {b['max_abs_bound']:.3g} | "
                          f"{a['median_ours_ms']:.1f} | {a['median_peer_ms']:.1f} | {a['time_ratio']:.2f} | "
                          f"{b['median_peer_ms']:.1f} | {b['time_ratio']:.2f} |")
+        if all("mean_diff" in n["summary"]["crown"] for n in data["networks"]):
+            lines += ["", "Signed differences, ours - peer (> 0: ours tighter; float32; min and max over all "
+                      "margins of all samples; tighter: samples by their mean):", "",
+                      "| network | vs CROWN: mean | min | max | tighter ours / peer | vs CROWN+IBP: mean | min | max | "
+                      "tighter ours / peer |", "|---|---|---|---|---|---|---|---|---|"]
+            for n in data["networks"]:
+                cells = [f"{s['mean_diff']:+.4g} | {s['min_diff']:+.3g} | {s['max_diff']:+.3g} | "
+                         f"{s['ours_tighter']} / {s['peer_tighter']}"
+                         for s in (n["summary"]["crown"], n["summary"]["crown+ibp"])]
+                lines.append(f"| {n['network']} | {' | '.join(cells)} |")
         return lines
-    lines = ["| network | samples | mean bound diff (ours - peer) | ours tighter | peer tighter | certified ours / "
-             "peer | ours ms | alpha-CROWN ms | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| network | samples | mean bound diff (ours - peer) | min | max | ours tighter | peer tighter | "
+             "certified ours / peer | ours ms | alpha-CROWN ms | ratio |", "|---" * 11 + "|"]
     for n in data["networks"]:
         s = n["summary"]["alpha"]
-        lines.append(f"| {n['network']} | {n['samples']} | {s['mean_diff']:+.4f} | {s['ours_tighter']} | "
+        extremes = f"{s['min_diff']:+.3g} | {s['max_diff']:+.3g}" if "min_diff" in s else "| "
+        lines.append(f"| {n['network']} | {n['samples']} | {s['mean_diff']:+.4f} | {extremes} | {s['ours_tighter']} | "
                      f"{s['peer_tighter']} | {s['ours_certified']} / {s['peer_certified']} | "
                      f"{s['median_ours_ms']:.1f} | {s['median_peer_ms']:.1f} | {s['time_ratio']:.2f} |")
     return lines
@@ -630,6 +689,13 @@ def main() -> None:
     p.add_argument("--num", type=int, default=None,
                    help="samples per network (bounds; default 10) or instances from --start (complete; default all)")
     p.add_argument("--eps-cnn", type=float, default=0.1, help="L-inf radius on the CNN3 models")
+    p.add_argument("--eps-nonrelu", type=float, default=0.03,
+                   help="L-inf radius on benchmarks/nonrelu.py's networks (its own default)")
+    p.add_argument("--networks", default=",".join(NETWORK_GROUPS),
+                   help="bounds: comma-separated groups of networks (models, mnist_fc, nonrelu); a subset gets its "
+                        "own results sections")
+    p.add_argument("--data-dir", default=os.environ.get("NNCERT_DATA") or str(REPO.parent / "shared" / "data"),
+                   help="MNIST for training the nonrelu networks (default: $NNCERT_DATA or ../shared/data)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--benchmark", default="2022_mnist_fc",
                    help="complete: a VNN-COMP benchmark folder with instances.csv, as a path or a name under "
@@ -666,8 +732,10 @@ def main() -> None:
     if bound_kinds:
         data = run_bounds(args, bound_kinds)
         if data is not None:
+            groups = args.networks.split(",")
+            suffix = "" if set(groups) == set(NETWORK_GROUPS) else "_" + "_".join(groups)
             for kind in bound_kinds:
-                new[kind] = {**data, "meta": meta(args, peer_path)}
+                new[kind + suffix] = {**data, "meta": meta(args, peer_path)}
     if "complete" in args.comparisons:
         data = run_complete(args)
         if data is not None:
