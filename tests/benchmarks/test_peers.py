@@ -70,7 +70,7 @@ def test_config_runs_here_and_keeps_the_peers_own_settings(peers, tmp_path):
     input_split = {"solver": {"batch_size": 16384}, "bab": {"branching": {"input_split": {"enable": True}}},
                    "attack": {"pgd_restarts": 10000}}
     config = peers.abcrown_config(input_split, tmp_path, 3, 10.0, tmp_path / "r.pkl", (1, 1, 5), 1024, 50)
-    assert config["solver"]["batch_size"] == 16384
+    assert config["solver"]["batch_size"] == 1024
     assert config["model"]["input_shape"] == [-1, 1, 1, 5]
     assert config["attack"]["pgd_restarts"] == 50
 
