@@ -562,6 +562,7 @@ def complete_section(args) -> str:
     parts = ["complete", Path(args.benchmark).name, f"{args.timeout:g}s"]
     parts += [f"pgd{args.abcrown_pgd_restarts}"] if args.abcrown_pgd_restarts is not None else []
     parts += [f"start{args.start}"] if args.start else []
+    parts += [f"config-{Path(args.abcrown_config).stem}"] if args.abcrown_config else []
     parts += ["only"] if args.only else []
     parts += [f"hard{args.hard_seconds:g}s"] if args.hard_from else []
     parts += [f"sample{args.sample}"] if args.sample else []
