@@ -15,9 +15,11 @@ Each neuron with input bounds [l, u] is bounded by two lines,
   kept in units of f'(0) (in [0, 1], like the ReLU slopes: the optimiser
   moves every parameter by about its learning rate per step, and Sigmoid's
   f'(0) = 1/4 would otherwise make the shared rate four times as coarse).
-  The default slopes are DeepPoly's (Singh et al. 2019): the chord where f is
-  concave (lower) or convex (upper) on [l, u], else ``min(f'(l), f'(u))``;
-  with the tightest intercepts these are its tangent and secant lines.
+  The default slopes are those of least area between line and f: the chord
+  where f bends away from the line on [l, u], the tangent at the midpoint
+  where it bends towards it, and around 0 a line through an end point tangent
+  to f (far tighter than DeepPoly's ``min(f'(l), f'(u))`` when one end is
+  saturated).
   Intercepts are computed in float64 and widened by a few units in the last
   place of the bounds' dtype (relative to the intercept), and the interval
   image likewise, because the model's runtime rounds f itself.
@@ -161,12 +163,32 @@ class SShaped(Activation):
         return self.function(lower) - slack, self.function(upper) + slack
 
     def init_params(self, lower: Tensor, upper: Tensor) -> Tensor:
-        """DeepPoly's slopes of the lower and upper line in units of f'(0), (N, 2, *s)."""
+        """The default slopes of the lower and upper line in units of f'(0), (N, 2, *s): those of least area
+        between line and f over [l, u]."""
         lo, hi = lower.double(), upper.double()
-        chord = torch.nan_to_num((self.function(hi) - self.function(lo)) / (hi - lo), nan=0.0)
-        tangent = torch.minimum(self.derivative(lo), self.derivative(hi))
-        slopes = torch.stack([torch.where(lo >= 0, chord, tangent), torch.where(hi <= 0, chord, tangent)], 1)
-        return self.project(slopes / self.peak).to(lower.dtype)
+        slopes = torch.stack([self.least_area_slope(lo, hi, lowest) for lowest in (True, False)], 1)
+        return self.project(torch.nan_to_num(slopes, nan=0.0) / self.peak).to(lower.dtype)
+
+    def least_area_slope(self, lo: Tensor, hi: Tensor, lowest: bool) -> Tensor:
+        """The slope a in [0, f'(0)] whose tightest lower (``lowest``) or upper line encloses the least area with
+        f over [lo, hi] (float64, same shape). That area is, up to a constant, the line's distance from f at the
+        midpoint, ``a mid + offset(a)``: concave in a for the lower line, convex for the upper (a max over x of
+        lines in a), so a golden-section search finds it. It gives the tangent at the midpoint where f is
+        concave (upper) or convex (lower) on [lo, hi], the chord on the other side, and around 0 the better of
+        the lines through an end point."""
+        mid = torch.nan_to_num((lo + hi) / 2, nan=0.0)
+        sign = -1.0 if lowest else 1.0
+
+        def area(a: Tensor) -> Tensor:
+            return sign * (a * mid + self.offset(a, lo, hi, lowest))
+
+        ratio = (math.sqrt(5) - 1) / 2
+        left, right = torch.zeros_like(mid), torch.full_like(mid, self.peak)
+        for _ in range(52):  # the bracket shrinks to 0.618^52 ~ 1e-11 of f'(0)
+            inner_left, inner_right = right - ratio * (right - left), left + ratio * (right - left)
+            keep_left = area(inner_left) <= area(inner_right)
+            left, right = torch.where(keep_left, left, inner_left), torch.where(keep_left, inner_right, right)
+        return (left + right) / 2
 
     def project(self, params: Tensor) -> Tensor:
         return torch.nan_to_num(params, nan=0.0).clamp(0.0, 1.0)
