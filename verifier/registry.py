@@ -121,11 +121,12 @@ PER_PROPERTY = {"mnbab", "milp"}
 
 def run(domain: str, net: Network, batch: PropertyBatch, deadline: float, options: Options,
         exact: Network | None = None) -> list[Verdict]:
-    """``domain``'s verdicts on ``batch`` (N properties); with ``exact``, the network in float64, and a ``net`` of
-    lower precision, rounding cannot certify (see the module doc)."""
+    """``domain``'s verdicts on ``batch`` (N properties, best as given: the float64 guard decides on it, ``net``
+    on its copy rounded to ``net``'s dtype); with ``exact``, the network in float64, and a ``net`` of lower
+    precision, rounding cannot certify (see the module doc)."""
     with torch.no_grad():
         if exact is None or net.dtype == torch.float64:
-            return DOMAINS[domain](net, batch, deadline, options)
+            return DOMAINS[domain](net, batch.to(dtype=net.dtype), deadline, options)
         if domain in PER_PROPERTY:  # mnbab, milp
             return DOMAINS[domain](exact, batch.to(dtype=torch.float64), deadline, options)
         return _recheck_certified(DOMAINS[domain], net, exact, batch, deadline, options)
@@ -134,7 +135,7 @@ def run(domain: str, net: Network, batch: PropertyBatch, deadline: float, option
 def _recheck_certified(procedure: Procedure, net: Network, exact: Network, batch: PropertyBatch, deadline: float,
                        options: Options) -> list[Verdict]:
     """``procedure`` on ``net``, its ``certified`` verdicts kept only where it certifies on ``exact`` too."""
-    verdicts = procedure(net, batch, deadline, options)
+    verdicts = procedure(net, batch.to(dtype=net.dtype), deadline, options)
     again = [i for i, v in enumerate(verdicts) if v.status == "certified"]
     if again:
         for i, v in zip(again, procedure(exact, batch[again].to(dtype=torch.float64), deadline, options), strict=True):
