@@ -153,7 +153,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--benchmarks", type=Path, default=REPO.parent / "shared" / "benchmarks")
     p.add_argument("--timeout", type=float, default=20.0, help="per property of the demo")
-    p.add_argument("--demo-num", type=int, default=30)
+    p.add_argument("--demo-num", type=int, default=30, help="0: no demo")
     p.add_argument("--instances", type=int, default=4, help="rows per VNN-COMP benchmark, spread over its list")
     p.add_argument("--timeouts", default=",".join(f"{b}={t:g}" for b, t in BENCHMARKS.items()),
                    help="benchmark=seconds per VNN-COMP benchmark (the benchmarks run)")
@@ -163,7 +163,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     vnncomp = args.benchmarks / "vnncomp"
-    rows = demo_case(args.demo_num, args.timeout)
+    rows = demo_case(args.demo_num, args.timeout) if args.demo_num > 0 else []
     timeouts = {b: float(t) for b, t in (item.split("=") for item in args.timeouts.split(",") if item)}
     for name, timeout in timeouts.items():
         rows += vnncomp_case(vnncomp / name, name, args.instances, timeout)
