@@ -26,6 +26,7 @@ import copy
 import csv
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nncert.cli.certify import demo_files  # noqa: E402
+from nncert.domains.mnbab import MNBaBConfig, root_bounds  # noqa: E402
 from nncert.verifier.certify import Pipeline  # noqa: E402
 from nncert.verifier.onnx_import import load_onnx  # noqa: E402
 from nncert.verifier.problems import adapt_to_images, linf_instances, load_inputs_npz, vnnlib_instance  # noqa: E402
@@ -103,6 +105,38 @@ def vnncomp_case(folder: Path, name: str, k: int, timeout: float) -> list[dict]:
     return out
 
 
+def root_cost(vnncomp: Path, names: list[str], repeats: int) -> list[dict]:
+    """Seconds of MN-BaB's root stages (DeepPoly, 5 alpha steps) in float32 and float64 on each benchmark's first
+    instance, the two precisions alternating: what MN-BaB's float64 run under the guard costs per bound."""
+    out = []
+    for name in names:
+        onnx_rel, vnnlib_rel, _ = next(csv.reader((vnncomp / name / "instances.csv").read_text().splitlines()))
+        onnx_model = load_onnx(vnncomp / name / onnx_rel)
+        props = parse_vnnlib(vnncomp / name / vnnlib_rel, n_inputs=None, n_outputs=None)
+        prop = vnnlib_instance(props, onnx_model.input_shape, onnx_model.output_size).props[0]
+        config = MNBaBConfig(alpha_iterations=5, multineuron=False)
+        for _ in range(repeats):
+            for dtype in (torch.float32, torch.float64):
+                net = copy.deepcopy(onnx_model.network).to(dtype=dtype)
+                start = time.perf_counter()
+                root_bounds(net, prop.lower.to(dtype), prop.upper.to(dtype), prop.output.C.to(dtype).unsqueeze(0),
+                            config)
+                out.append({"benchmark": name, "dtype": str(dtype).removeprefix("torch."),
+                            "time_s": time.perf_counter() - start})
+    return out
+
+
+def root_markdown(rows: list[dict], meta: dict) -> str:
+    lines = ["# MN-BaB's root stages in float32 and float64", "", f"`{meta['command']}` ({meta['threads']} thread(s)); "
+             f"{meta['date']}, commit {meta['versions']['nncert_commit']}, {meta['hardware']}", "",
+             "benchmark | float32 s (median) | float64 s (median) | float64 / float32", "---|---|---|---"]
+    for name in dict.fromkeys(r["benchmark"] for r in rows):
+        t = {d: statistics.median(r["time_s"] for r in rows if r["benchmark"] == name and r["dtype"] == d)
+             for d in ("float32", "float64")}
+        lines.append(f"{name} | {t['float32']:.2f} | {t['float64']:.2f} | {t['float64'] / t['float32']:.2f}")
+    return "\n".join(lines) + "\n"
+
+
 def summarize(rows: list[dict]) -> dict:
     key = ("benchmark", "instance", "domain")
     by_mode = {mode: {tuple(r[k] for k in key): r for r in rows if r["mode"] == mode} for mode in MODES}
@@ -124,7 +158,7 @@ def summarize(rows: list[dict]) -> dict:
             "contradicting_reference": wrong}
 
 
-def markdown(summary: dict, meta: dict) -> str:
+def markdown(summary: dict, meta: dict, rows: list[dict]) -> str:
     v = meta["versions"]
     lines = ["# Float32 verdicts guarded by float64", "", f"`{meta['command']}` ({meta['threads']} thread(s), demo "
              f"timeout {meta['timeout_s']} s per property, VNN-COMP timeouts {meta['vnncomp_timeouts_s']} s, "
@@ -140,6 +174,13 @@ def markdown(summary: dict, meta: dict) -> str:
               "---|---|---|---|---|---|---"]
     lines += [f"{b} | {mode} | {c['certified']} | {c['falsified']} | {c['unknown']} | {c['timeout']} | "
               f"{c['time_s']:.1f}" for b, modes in summary["per_benchmark"].items() for mode, c in modes.items()]
+    instances = {}
+    for r in rows:
+        if r["benchmark"] != "demo":
+            instances.setdefault((r["benchmark"], r["instance"]), {"reference": r["reference"]})[r["mode"]] = r
+    lines += ["", "VNN-COMP instance | reference | " + " | ".join(MODES), "---|---|" + "|".join("---" for _ in MODES)]
+    lines += [f"{b} {i} | {m['reference']} | " + " | ".join(f"{m[mode]['status']} {m[mode]['time_s']:.1f} s"
+                                                             for mode in MODES) for (b, i), m in instances.items()]
     lines += ["", f"Verdicts that differ from float32 ({len(summary['changed_verdicts'])}):", ""]
     lines += [f"- {c['benchmark']} {c['instance']} {c['domain']}: {c['float32']} -> {c['status']} ({c['mode']})"
               for c in summary["changed_verdicts"]] or ["- none"]
@@ -159,23 +200,33 @@ def main() -> None:
                    help="benchmark=seconds per VNN-COMP benchmark (the benchmarks run)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "float_soundness")
+    p.add_argument("--root-cost", type=int, default=0,
+                   help="instead: time MN-BaB's root stages in float32 and float64, this many times each")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     vnncomp = args.benchmarks / "vnncomp"
-    rows = demo_case(args.demo_num, args.timeout) if args.demo_num > 0 else []
     timeouts = {b: float(t) for b, t in (item.split("=") for item in args.timeouts.split(",") if item)}
+    meta = {"command": command_line(), "versions": versions(), "threads": args.threads, "seed": 0,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "hardware": f"{os.cpu_count()}-core CPU, shared with other jobs"}
+    if args.root_cost:
+        rows = root_cost(vnncomp, list(timeouts), args.root_cost)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        args.out.with_suffix(".md").write_text(root_markdown(rows, meta))
+        print(root_markdown(rows, meta))
+        return
+    rows = demo_case(args.demo_num, args.timeout) if args.demo_num > 0 else []
     for name, timeout in timeouts.items():
         rows += vnncomp_case(vnncomp / name, name, args.instances, timeout)
-    meta = {"command": command_line(), "versions": versions(), "threads": args.threads, "timeout_s": args.timeout,
-            "vnncomp_timeouts_s": timeouts, "instances": args.instances, "seed": 0,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "hardware": f"{os.cpu_count()}-core CPU, shared with other jobs", "wall_s": time.perf_counter() - start}
+    meta |= {"timeout_s": args.timeout, "vnncomp_timeouts_s": timeouts, "instances": args.instances,
+             "wall_s": time.perf_counter() - start}
     summary = summarize(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(summary, meta))
-    print(markdown(summary, meta))
+    args.out.with_suffix(".md").write_text(markdown(summary, meta, rows))
+    print(markdown(summary, meta, rows))
 
 
 if __name__ == "__main__":
