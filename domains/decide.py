@@ -8,8 +8,8 @@ the numbers compared:
     b - t > SLACK * eps(dtype) * (|b| + |t|)
 
 Rounding inside the computation of ``b`` is not covered here: float32
-verdicts are re-checked in float64, or ``t`` is raised by a measured error
-(verifier.registry). NaN and +-inf prove nothing: a search keeps them open.
+verdicts are re-checked in float64, or computed in float64 (verifier.registry).
+NaN and +-inf prove nothing: a search keeps them open.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ class Pipeline:
                 verdicts[group[0]] = registry.Verdict("timeout")
                 continue
             start = time.perf_counter()
-            for i, verdict in zip(group, self._verdicts(domain, batch, group, deadline), strict=True):
+            for i, verdict in zip(group, self._verdicts(domain, given, group, deadline), strict=True):
                 verdicts[i] = verdict
                 if verdict.status == "error":
                     reasons[owner[i].item()] = verdict.stats["reason"]
@@ -203,14 +203,15 @@ class Pipeline:
             status[k] = ("certified" if decide.all_proved([s == "certified" for s in states], props)
                          else "error" if "error" in states else "timeout" if "timeout" in states else "unknown")
 
-    def _verdicts(self, domain: str, batch: PropertyBatch, group: list[int], deadline: float) -> list[Verdict]:
-        """The domain's verdicts on the properties ``group``; a property on which it raises is an ``error`` with
-        the reason (a batch that raises is run again one property at a time, so the others keep theirs)."""
+    def _verdicts(self, domain: str, given: PropertyBatch, group: list[int], deadline: float) -> list[Verdict]:
+        """The domain's verdicts on the properties ``group`` of ``given`` (float64, as given); a property on which
+        it raises is an ``error`` with the reason (a batch that raises is run again one property at a time, so the
+        others keep theirs)."""
         try:
-            return registry.run(domain, self.net, batch[group], deadline, self.options, self.exact)
+            return registry.run(domain, self.net, given[group], deadline, self.options, self.exact)
         except Exception as e:  # noqa: BLE001 -- one failing property must not end the run
             if len(group) > 1:
-                return [verdict for i in group for verdict in self._verdicts(domain, batch, [i], deadline)]
+                return [verdict for i in group for verdict in self._verdicts(domain, given, [i], deadline)]
             reason = one_line(e)
             print(f"certify: {domain}: error: {reason}", file=sys.stderr)
             return [Verdict("error", stats={"reason": reason}) for _ in group]

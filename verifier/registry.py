@@ -6,11 +6,13 @@ function and one entry in ``DOMAINS``.
 
 Float32 rounding never certifies: given the network in float64 (``exact``),
 :func:`run` re-checks every float32 ``certified`` of Box and DeepPoly in
-float64 (one more batched pass over the certified properties only), runs the
-MILP on the float64 network, and has MN-BaB (whose branch-and-bound cannot be
-re-run cheaply) prove its rows with the thresholds d raised by ``SLACK`` times
-the measured float32 error of the root's DeepPoly bounds (float32 against
-float64); a property whose error is not finite runs in float64 altogether.
+float64 (one more batched pass over the certified properties only), and runs
+MN-BaB and the MILP on the float64 network. Branch-and-bound closes
+subproblems on bounds that depend on float32 intermediate bounds (whose
+rounding no single leaf's re-check could undo), and re-running a float32
+certificate in float64 would cost the float64 run on top of the float32 one,
+so MN-BaB computes in float64 from the start (its cost:
+benchmarks/README.md, "Float32 verdicts guarded by float64").
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from nncert.domains import box, decide
+from nncert.domains import box
 from nncert.domains.deeppoly import DeepPoly
 from nncert.domains.mnbab import MNBaBConfig, mnbab_verify
 from nncert.domains.network import Network
 from nncert.verifier.attack import pgd_attack
-from nncert.verifier.spec import PropertyBatch, SpecError, round_outward
+from nncert.verifier.spec import PropertyBatch, SpecError
 
 
 @dataclass
@@ -60,12 +62,7 @@ def verify_deeppoly(net: Network, batch: PropertyBatch, deadline: float, options
     return _from_row_bounds(batch, DeepPoly(net, batch.lower, batch.upper).bound(batch.C))
 
 
-def verify_mnbab(net: Network, batch: PropertyBatch, deadline: float, options: Options,
-                 error: Tensor | None = None) -> list[Verdict]:
-    """MN-BaB per property; with ``error`` (N,), its bounds must clear ``d + SLACK * error`` (counterexamples are
-    judged by d)."""
-    d = batch.d if error is None else round_outward(batch.d.double() + decide.SLACK * error.unsqueeze(1),
-                                                     batch.d.dtype, torch.inf)
+def verify_mnbab(net: Network, batch: PropertyBatch, deadline: float, options: Options) -> list[Verdict]:
     verdicts = []
     for i in range(len(batch)):
         prop = batch[[i]]
@@ -78,7 +75,7 @@ def verify_mnbab(net: Network, batch: PropertyBatch, deadline: float, options: O
             found, x = pgd_attack(net, prop, restarts=options.mnbab.attack_restarts, seed=1, deadline=deadline)
             return x[0] if bool(found[0]) else None
 
-        result = mnbab_verify(net, batch.lower[i], batch.upper[i], batch.C[i], d[i], batch.clause, deadline,
+        result = mnbab_verify(net, batch.lower[i], batch.upper[i], batch.C[i], batch.d[i], batch.clause, deadline,
                               is_counterexample, options.mnbab, attack if options.mnbab.attack_restarts else None)
         verdicts.append(Verdict(result.status, result.counterexample, result.stats))
     return verdicts
@@ -124,49 +121,24 @@ PER_PROPERTY = {"mnbab", "milp"}
 
 def run(domain: str, net: Network, batch: PropertyBatch, deadline: float, options: Options,
         exact: Network | None = None) -> list[Verdict]:
-    """``domain``'s verdicts on ``batch`` (N properties); with ``exact``, the network in float64, and a ``net`` of
-    lower precision, rounding cannot certify (see the module doc)."""
+    """``domain``'s verdicts on ``batch`` (N properties, best as given: the float64 guard decides on it, ``net``
+    on its copy rounded to ``net``'s dtype); with ``exact``, the network in float64, and a ``net`` of lower
+    precision, rounding cannot certify (see the module doc)."""
     with torch.no_grad():
         if exact is None or net.dtype == torch.float64:
-            return DOMAINS[domain](net, batch, deadline, options)
-        if domain == "milp":
-            return verify_milp(exact, batch.to(dtype=torch.float64), deadline, options)
-        if domain == "mnbab":
-            return _mnbab_with_measured_rounding(net, exact, batch, deadline, options)
+            return DOMAINS[domain](net, batch.to(dtype=net.dtype), deadline, options)
+        if domain in PER_PROPERTY:  # mnbab, milp
+            return DOMAINS[domain](exact, batch.to(dtype=torch.float64), deadline, options)
         return _recheck_certified(DOMAINS[domain], net, exact, batch, deadline, options)
 
 
 def _recheck_certified(procedure: Procedure, net: Network, exact: Network, batch: PropertyBatch, deadline: float,
                        options: Options) -> list[Verdict]:
     """``procedure`` on ``net``, its ``certified`` verdicts kept only where it certifies on ``exact`` too."""
-    verdicts = procedure(net, batch, deadline, options)
+    verdicts = procedure(net, batch.to(dtype=net.dtype), deadline, options)
     again = [i for i, v in enumerate(verdicts) if v.status == "certified"]
     if again:
         for i, v in zip(again, procedure(exact, batch[again].to(dtype=torch.float64), deadline, options), strict=True):
             if v.status != "certified":
                 verdicts[i] = Verdict("unknown", stats={"float64_recheck": v.status})
-    return verdicts
-
-
-def rounding_error(net: Network, exact: Network, batch: PropertyBatch) -> Tensor:
-    """The largest difference between ``net``'s and ``exact``'s DeepPoly row bounds per property (N,); inf
-    where either is not finite."""
-    rows = DeepPoly(net, batch.lower, batch.upper).bound(batch.C).double()
-    wide = batch.to(dtype=torch.float64)
-    error = (rows - DeepPoly(exact, wide.lower, wide.upper).bound(wide.C)).abs().amax(1)
-    return torch.where(torch.isfinite(error), error, torch.full_like(error, torch.inf))
-
-
-def _mnbab_with_measured_rounding(net: Network, exact: Network, batch: PropertyBatch, deadline: float,
-                                  options: Options) -> list[Verdict]:
-    """MN-BaB on ``net`` proving ``C y > d + SLACK * error``, or on ``exact`` where the error is not finite."""
-    error = rounding_error(net, exact, batch)
-    verdicts = []
-    for i in range(len(batch)):
-        if bool(torch.isfinite(error[i])):
-            (verdict,) = verify_mnbab(net, batch[[i]], deadline, options, error[[i]])
-            verdict.stats["rounding_error"] = float(error[i])
-        else:
-            (verdict,) = verify_mnbab(exact, batch[[i]].to(dtype=torch.float64), deadline, options)
-        verdicts.append(verdict)
     return verdicts

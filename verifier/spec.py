@@ -150,11 +150,15 @@ class PropertyBatch:
 
     def to(self, device=None, dtype=None) -> PropertyBatch:
         """On ``device`` in ``dtype``; to a lower precision, rounded so that proving gets harder: the box
-        outward, the thresholds d up (C is rounded to nearest: VNN-LIB's coefficients are small integers)."""
+        outward, the thresholds d up, and a row whose coefficients C ``dtype`` cannot hold exactly gets d = +inf
+        (a row nothing proves: the float64 guard decides it on the row as given). The VNN-LIB parser scales such
+        rows to small integer coefficients, which float32 holds."""
         dtype = dtype or self.lower.dtype
         lower, upper, d = (round_outward(t, dtype, s).to(device) for t, s in
                            ((self.lower, -torch.inf), (self.upper, torch.inf), (self.d, torch.inf)))
-        return PropertyBatch(lower, upper, self.C.to(device, dtype), d, self.clause.to(device))
+        C = self.C.to(device, dtype)
+        inexact = (C.to(self.C.dtype) != self.C.to(C.device)).any(-1)
+        return PropertyBatch(lower, upper, C, d.masked_fill(inexact, torch.inf), self.clause.to(device))
 
     @property
     def n_clauses(self) -> int:

@@ -5,9 +5,13 @@ A VNN-LIB file declares inputs ``X_0..X_{n-1}`` and outputs ``Y_0..Y_{m-1}`` and
 with ``and`` / ``or``. The property is certified iff that region is unreachable by the network.
 
 The assertions are expanded into disjunctive normal form, each disjunct a conjunction of input
-bounds and output rows ``c . y <= d``. Disjuncts with the same input box are merged, so the result
-is one :class:`~verifier.spec.Property` per distinct input box whose :class:`~verifier.spec.OutputSpec`
-clauses are the output conjunctions that occur with that box.
+bounds and output rows ``c . y <= d``. Linear terms are evaluated in exact rational arithmetic and
+only their results rounded, so that the specification never shrinks: input bounds outward, the
+thresholds d up, and a row whose coefficients float32 cannot hold exactly (0.1 Y_0 ...) is scaled to
+small integer coefficients first (``3 Y_0 - 7 Y_1 <= 1`` for ``0.3 Y_0 - 0.7 Y_1 <= 0.1``).
+Disjuncts with the same input box are merged, so the result is one :class:`~verifier.spec.Property`
+per distinct input box whose :class:`~verifier.spec.OutputSpec` clauses are the output conjunctions
+that occur with that box.
 """
 
 from __future__ import annotations
@@ -41,10 +45,10 @@ _UPPER = {"<=": True, "<": True, ">=": False, ">": False}  # (op X_i c) bounds X
 # meaning sum_j c_j y_j <= d. A conjunction is a pair (input atoms, output atoms) of lists, and a
 # DNF is a list of conjunctions. Conjunction lists are never shared between DNFs, so they may be
 # extended in place.
-InputAtom = tuple[int, bool, float]
-OutputAtom = tuple[tuple[tuple[int, float], ...], float]
+InputAtom = tuple[int, bool, float]  # the bound already rounded outward to float64
+OutputAtom = tuple[tuple[tuple[int, float], ...], float]  # coefficients exact in float64, d rounded up
 Conjunction = tuple[list[InputAtom], list[OutputAtom]]
-Linear = tuple[dict[str, float], float]  # sum_v coefs[v] * v + constant
+Linear = tuple[dict[str, Fraction], Fraction]  # sum_v coefs[v] * v + constant, exact
 
 
 class _Node(list):
@@ -176,7 +180,7 @@ class _Parser:
         """A term as (coefficients by variable name, constant); ``parent`` locates errors for atoms."""
         if isinstance(term, str):
             if term in self.variables:
-                return {term: 1.0}, 0.0
+                return {term: Fraction(1)}, Fraction(0)
             return {}, self.number(term, parent)
         if not term or not isinstance(term[0], str):
             raise self.error("expected an operator after '('", term)
@@ -187,9 +191,9 @@ class _Parser:
             raise self.error(f"({op}) has too few arguments", term)
         args = [self.linear(arg, term) for arg in term[1:]]
         if op == "+":
-            return _combine(args, [1.0] * len(args))
+            return _combine(args, [1] * len(args))
         if op == "-":
-            return _combine(args, [-1.0] if len(args) == 1 else [1.0] + [-1.0] * (len(args) - 1))
+            return _combine(args, [-1] if len(args) == 1 else [1] + [-1] * (len(args) - 1))
         return self.product(args, term)
 
     def product(self, factors: list[Linear], node: _Node) -> Linear:
@@ -198,19 +202,18 @@ class _Parser:
         variable = [f for f in factors if f[0]]
         if len(variable) > 1:
             raise self.error("nonlinear term: a product of several variables", node)
-        coefs, const = variable[0] if variable else ({}, 1.0)
+        coefs, const = variable[0] if variable else ({}, Fraction(1))
         return {v: c * scale for v, c in coefs.items()}, const * scale
 
-    def number(self, token: str, node: _Node) -> float:
-        """The value of a numeric literal such as ``-0.5``, ``1e-3`` or ``.5``."""
+    def number(self, token: str, node: _Node) -> Fraction:
+        """The exact value of a numeric literal such as ``-0.5``, ``1e-3`` or ``.5``."""
         if _VARIABLE.fullmatch(token):
             raise self.error(f"undeclared variable {token}", node)
         if _NUMBER.fullmatch(token) is None:
             raise self.error(f"expected a number or a variable, got {token!r}", node)
-        value = float(token)
-        if not math.isfinite(value):
+        if not math.isfinite(float(token)):
             raise self.error(f"number {token!r} is out of range", node)
-        return value
+        return Fraction(token)
 
     # ------------------------------------------------------------------ formulas
 
@@ -231,9 +234,9 @@ class _Parser:
             number, upper = lhs, not _UPPER[op]
         else:
             return None
-        if _NUMBER.fullmatch(number) is None or not math.isfinite(value := float(number)):
+        if _NUMBER.fullmatch(number) is None or not math.isfinite(float(number)):
             return None
-        return index, upper, _outward(number, value, upper)
+        return index, upper, _outward(Fraction(number), upper)
 
     def dnf(self, formula, parent: _Node) -> list[Conjunction]:
         """A boolean formula in disjunctive normal form."""
@@ -278,7 +281,7 @@ class _Parser:
         if len(node) != 3:
             raise self.error(f"({node[0]} ...) needs exactly two arguments", node)
         sides = [self.linear(node[1], node), self.linear(node[2], node)]
-        signs = {"<=": [1.0], "<": [1.0], ">=": [-1.0], ">": [-1.0], "=": [1.0, -1.0]}[node[0]]
+        signs = {"<=": [1], "<": [1], ">=": [-1], ">": [-1], "=": [1, -1]}[node[0]]
         conj: Conjunction = ([], [])
         for sign in signs:  # sign * (lhs - rhs) <= 0
             self.atom(_combine(sides, [sign, -sign]), node, conj)
@@ -287,19 +290,35 @@ class _Parser:
     def atom(self, expr: Linear, node: _Node, conj: Conjunction) -> None:
         """Append ``coefs . v + constant <= 0`` to ``conj`` as an input bound or an output row."""
         coefs, constant = expr
-        terms = [(self.variables[v], c) for v, c in coefs.items() if c != 0.0]
+        terms = [(self.variables[v], c) for v, c in coefs.items() if c != 0]
         kinds = {kind for (kind, _), _ in terms}
         if not terms:
             raise self.error("constraint without variables", node)
         if kinds == {"X", "Y"}:
             raise self.error("constraints mixing inputs X and outputs Y are not supported", node)
         if kinds == {"Y"}:
-            conj[1].append((tuple(sorted((j, c) for (_, j), c in terms)), -constant))
+            conj[1].append(self.output_row(sorted((j, c) for (_, j), c in terms), -constant, node))
             return
         if len(terms) > 1:
             raise self.error("only bounds on single inputs are supported, not constraints over several X", node)
         ((_, i), c), = terms
-        conj[0].append((i, c > 0, -constant / c))
+        conj[0].append((i, c > 0, self.finite(_outward(-constant / c, c > 0), node)))
+
+    def output_row(self, coefs: list[tuple[int, Fraction]], d: Fraction, node: _Node) -> OutputAtom:
+        """The row ``coefs . y <= d`` with float64 coefficients that float32 holds exactly where it can (the row
+        scaled to the smallest integers otherwise) and d rounded up, so the counterexample region only grows."""
+        if not all(_holds(c, np.float32) for _, c in coefs):
+            scale = Fraction(math.lcm(*(c.denominator for _, c in coefs)), math.gcd(*(c.numerator for _, c in coefs)))
+            coefs, d = [(j, c * scale) for j, c in coefs], d * scale
+        if not all(_holds(c, np.float64) for _, c in coefs):
+            raise self.error("output coefficients out of range: float64 cannot hold them exactly, even scaled to "
+                             "integers", node)
+        return tuple((j, float(c)) for j, c in coefs), self.finite(_outward(d, True), node)
+
+    def finite(self, value: float, node: _Node) -> float:
+        if not math.isfinite(value):
+            raise self.error("constant out of the float64 range", node)
+        return value
 
     # ------------------------------------------------------------------ properties
 
@@ -347,22 +366,33 @@ class _Parser:
                 for lower, upper, clauses in groups.values()]
 
 
-def _outward(token: str, value: float, up: bool) -> float:
-    """The float64 ``value`` of the decimal ``token``, moved one step up (``up``) or down if rounding to
-    nearest went the other way: the box never loses a point of the one written."""
-    exact, near = Fraction(token), Fraction(value)
-    if (near < exact) if up else (near > exact):
+def _outward(exact: Fraction, up: bool) -> float:
+    """The float64 nearest ``exact``, moved one step up (``up``) or down if rounding to nearest went the other
+    way (+-inf beyond the float64 range): the box never loses a point of the one written."""
+    try:
+        value = float(exact)
+    except OverflowError:
+        return math.inf if exact > 0 else -math.inf
+    if (Fraction(value) < exact) if up else (Fraction(value) > exact):
         return math.nextafter(value, math.inf if up else -math.inf)
     return value
 
 
-def _combine(terms: list[Linear], weights: list[float]) -> Linear:
-    """``sum_k weights[k] * terms[k]`` for linear terms."""
-    coefs: dict[str, float] = {}
-    constant = 0.0
+def _holds(exact: Fraction, dtype: type) -> bool:
+    """Whether the floating-point type ``dtype`` (np.float32, np.float64) holds ``exact`` exactly."""
+    try:
+        return Fraction(float(dtype(float(exact)))) == exact
+    except (OverflowError, ValueError):  # beyond the float64 range, or inf in dtype
+        return False
+
+
+def _combine(terms: list[Linear], weights: list[int]) -> Linear:
+    """``sum_k weights[k] * terms[k]`` for linear terms, exactly."""
+    coefs: dict[str, Fraction] = {}
+    constant = Fraction(0)
     for (term_coefs, term_const), w in zip(terms, weights):
         for v, c in term_coefs.items():
-            coefs[v] = coefs.get(v, 0.0) + w * c
+            coefs[v] = coefs.get(v, Fraction(0)) + w * c
         constant += w * term_const
     return coefs, constant
 

@@ -486,3 +486,32 @@ def test_interrupted_instances_run_resumes_to_the_uninterrupted_results(tmp_path
     code, _, err = run(capsys, *args, "--out", out, "--resume")
     assert code == 0, err
     assert sorted(_instance_rows(out)) == sorted(expected)
+
+
+def test_float32_rounding_certifies_only_with_trust_float32(tmp_path, capsys):
+    """A float32 ONNX model whose float32 DeepPoly bound of y at x = 1 is positive while y < 0 exactly: by default
+    (the float64 guard) `certify` does not certify y > 0, and says so in the meta; --trust-float32 does (without
+    the attack, which finds x = 1 a counterexample)."""
+    from tests.verifier.test_registry import _cancelling_network
+
+    net32, net64 = _cancelling_network()
+    assert float(net64(torch.ones(1, 1, dtype=torch.float64))) < 0
+    module = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+    with torch.no_grad():
+        for layer, node in ((module[0], net32.nodes[1]), (module[2], net32.nodes[3])):
+            layer.weight.copy_(node.op.weight)
+            layer.bias.copy_(node.op.bias)
+    path = tmp_path / "cancel.onnx"
+    torch.onnx.export(module, torch.zeros(1, 1), str(path), dynamo=False, input_names=["x"], output_names=["y"])
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text("(declare-const X_0 Real) (declare-const Y_0 Real) (assert (>= X_0 1)) (assert (<= X_0 1))"
+                    " (assert (<= Y_0 0))")
+    statuses = {}
+    for flags in ((), ("--trust-float32",)):
+        code, out, err = run(capsys, path, "--vnnlib", spec, "--domain", "deeppoly", "--json", tmp_path / "r.json",
+                             "--quiet", "--no-attack", *flags)
+        assert code == 0, err
+        result = json.loads((tmp_path / "r.json").read_text())
+        assert result["meta"]["float64_guard"] == (not flags)
+        statuses[flags] = result["results"][0]["status"]
+    assert statuses[("--trust-float32",)] == "certified" and statuses[()] != "certified"

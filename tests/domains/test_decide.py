@@ -54,3 +54,14 @@ def test_all_proved_needs_one_verdict_per_item():
     assert not decide.all_proved([True, False], 2)
     with pytest.raises(ValueError, match="verdicts"):
         decide.all_proved([True], 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_tolerance_scales_with_the_magnitudes_compared(dtype):
+    """A gap proves only beyond SLACK eps (|b| + |t|): half of it proves nothing, twice it proves, at magnitudes
+    from 1e-3 to 1e6 (a fixed absolute tolerance would fail one end or the other)."""
+    t = torch.tensor([1e-3, 1.0, 1e6], dtype=dtype)
+    scale = decide.SLACK * torch.finfo(dtype).eps * 2 * t
+    assert not decide.proved(decide.margins(t + scale / 2, t)).any()
+    assert decide.proved(decide.margins(t + 2 * scale, t)).all()
+    assert decide.proved(decide.margins(-t + 2 * scale, -t)).all()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nncert.domains.deeppoly import DeepPoly
+from nncert.domains.mnbab import MNBaBConfig
 from nncert.domains.network import Linear, Network, ReLU
 from nncert.verifier import registry
 from nncert.verifier.certify import Instance, Pipeline
@@ -108,3 +109,39 @@ def test_an_exact_minimum_of_zero_or_a_tiny_negative_one_at_a_vertex_is_never_ce
             (verdict,) = registry.run("deeppoly", net32, batch, math.inf, Options(), exact=exact)
             assert verdict.status != "certified"
     assert found > 0
+
+
+def _network_split_to_prove() -> tuple[Network, Network]:
+    """y = w2 . relu(w1 x1 + b1) + b2 + 16 clamp(x2, 0, 0.5), the clamp as 16 (relu(x2) - relu(x2 - 0.5)), on
+    x1 = 1, x2 in [-1, 1], with float32 weights of 1e3-1e4 (seed 32 of _cancelling_network's draw) and b2 the
+    float32 of minus the exact cancelling part: y = -0.38 for x2 <= 0 exactly, y >= 4 in float32. The root's
+    relaxation of the clamp goes down to -4, so float32 proves y > 0 only after a split: (float32 net, float64
+    net), inputs (x1, x2)."""
+    g = torch.Generator().manual_seed(32)
+    w1 = (torch.rand(8, 1, generator=g) * 1e3 + 1e3).float().double()
+    b1 = (torch.rand(8, generator=g) * 1e3 + 1e4).float().double()
+    w2 = (torch.randn(1, 8, generator=g) * 1e3).float().double()
+    b2 = -(w2 @ torch.relu(w1[:, 0] + b1)).float().double()
+    w1 = torch.block_diag(w1, torch.ones(2, 1, dtype=torch.float64))
+    b1 = torch.cat([b1, torch.tensor([0.0, -0.5], dtype=torch.float64)])
+    w2 = torch.cat([w2, torch.tensor([[16.0, -16.0]], dtype=torch.float64)], 1)
+    return tuple(Network.chain((2,), [Linear(w1.to(dtype), b1.to(dtype)), ReLU(), Linear(w2.to(dtype), b2.to(dtype))])
+                 for dtype in (torch.float32, torch.float64))
+
+
+@pytest.mark.parametrize("split", ["relu", "input"])
+def test_mnbab_subproblems_closed_by_float32_rounding_do_not_certify(split):
+    """Branch-and-bound (on ReLUs or on the input box) closes every subproblem in float32, none in float64: the
+    guard must not let the float32 search certify."""
+    net32, net64 = _network_split_to_prove()
+    box = Property(torch.tensor([1.0, -1.0], dtype=torch.float64), torch.tensor([1.0, 1.0], dtype=torch.float64),
+                   OutputSpec(torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
+                              torch.zeros(1, dtype=torch.long)))
+    batch = PropertyBatch.stack([box])
+    assert float(net64(torch.tensor([[1.0, 0.0]], dtype=torch.float64))) < 0  # the property is false
+    options = Options(mnbab=MNBaBConfig(split=split))
+    (unguarded,) = registry.run("mnbab", net32, batch.to(dtype=torch.float32), time.monotonic() + 30, options)
+    assert unguarded.status == "certified" and unguarded.stats["root_margin"] < 0 and unguarded.stats["bab"]
+    (verdict,) = registry.run("mnbab", net32, batch.to(dtype=torch.float32), time.monotonic() + 30, options,
+                              exact=net64)
+    assert verdict.status == "falsified"

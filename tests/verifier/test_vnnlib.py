@@ -305,7 +305,7 @@ ERRORS = {
     "inf": (HEADER + BOX + "(assert (<= Y_0 inf))", "expected a number"),
     "overflow": (HEADER + BOX + "(assert (<= Y_0 1e999))", "out of range"),
     "overflow_bound": (HEADER + BOX + "(assert (<= X_0 -1e999)) (assert (<= Y_0 0))", "out of range"),
-    "overflow_product": (HEADER + BOX + "(assert (<= (* 1e300 1e300 Y_0) 1))", "out of range"),
+    "overflow_product": (HEADER + BOX + "(assert (<= (+ (* 1e300 1e300 Y_0) Y_1) 1))", "out of range"),
     "comparison_arity": (HEADER + BOX + "(assert (<= Y_0))", "two arguments"),
     "assert_arity": (HEADER + BOX + "(assert (<= Y_0 1) (<= Y_1 1))", "expected (assert FORMULA)"),
     "empty_assert": (HEADER + BOX + "(assert)", "expected (assert FORMULA)"),
