@@ -164,31 +164,39 @@ class SShaped(Activation):
 
     def init_params(self, lower: Tensor, upper: Tensor) -> Tensor:
         """The default slopes of the lower and upper line in units of f'(0), (N, 2, *s): those of least area
-        between line and f over [l, u]."""
-        lo, hi = lower.double(), upper.double()
-        slopes = torch.stack([self.least_area_slope(lo, hi, lowest) for lowest in (True, False)], 1)
+        between line and f over [l, u]; the lower line's on [l, u] is the upper line's on [-u, -l], by the
+        symmetry f(-x) = 2 f(0) - f(x) (a point reflection keeps slopes)."""
+        # infinite bounds get slope 0 in relax(); finite stand-ins keep the arithmetic free of NaN
+        lo, hi = (torch.nan_to_num(t.double(), posinf=1e30, neginf=-1e30) for t in (lower, upper))
+        slopes = torch.stack([self.least_area_slope(-hi, -lo), self.least_area_slope(lo, hi)], 1)
         return self.project(torch.nan_to_num(slopes, nan=0.0) / self.peak).to(lower.dtype)
 
-    def least_area_slope(self, lo: Tensor, hi: Tensor, lowest: bool) -> Tensor:
-        """The slope a in [0, f'(0)] whose tightest lower (``lowest``) or upper line encloses the least area with
-        f over [lo, hi] (float64, same shape). That area is, up to a constant, the line's distance from f at the
-        midpoint, ``a mid + offset(a)``: concave in a for the lower line, convex for the upper (a max over x of
-        lines in a), so a golden-section search finds it. It gives the tangent at the midpoint where f is
-        concave (upper) or convex (lower) on [lo, hi], the chord on the other side, and around 0 the better of
-        the lines through an end point."""
-        mid = torch.nan_to_num((lo + hi) / 2, nan=0.0)
-        sign = -1.0 if lowest else 1.0
+    def least_area_slope(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """The slope of the upper line of least area over f on [lo, hi] (float64, same shape).
 
-        def area(a: Tensor) -> Tensor:
-            return sign * (a * mid + self.offset(a, lo, hi, lowest))
+        The area of the tightest line of slope a is, up to a constant, its
+        height at the midpoint m, whose derivative in a is m - x_a, x_a where
+        the line touches f: the least area is where the touching point passes
+        m. With d >= 0 the point where the tangent from (lo, f(lo)) touches f
+        (clipped to hi): the chord where f is convex on [lo, hi]; that line
+        from lo where d >= m; else the tangent at m (f concave there).
+        """
+        mid = (lo + hi) / 2
+        touch = self.tangent_from(lo.clamp(max=0.0), hi)
+        through = (self.function(touch) - self.function(lo)) / (touch - lo)
+        chord = (self.function(hi) - self.function(lo)) / (hi - lo)
+        return torch.where(hi <= 0, chord, torch.where(touch >= mid, through, self.derivative(mid)))
 
-        ratio = (math.sqrt(5) - 1) / 2
-        left, right = torch.zeros_like(mid), torch.full_like(mid, self.peak)
-        for _ in range(52):  # the bracket shrinks to 0.618^52 ~ 1e-11 of f'(0)
-            inner_left, inner_right = right - ratio * (right - left), left + ratio * (right - left)
-            keep_left = area(inner_left) <= area(inner_right)
-            left, right = torch.where(keep_left, left, inner_left), torch.where(keep_left, inner_right, right)
-        return (left + right) / 2
+    def tangent_from(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """min(d, hi) for d >= 0 where f's tangent passes through (lo, f(lo)), lo <= 0 (float64, same shape):
+        the root of g(d) = f(d) + f'(d) (lo - d) - f(lo), increasing on d >= 0 (f'' < 0 there) with g(0) <= 0
+        (f convex below 0), by bisection; at or just above the root, and any slope is sound."""
+        left, right = torch.zeros_like(lo), hi.clamp(min=0.0)
+        for _ in range(40):
+            d = (left + right) / 2
+            above = self.function(d) + self.derivative(d) * (lo - d) - self.function(lo) > 0
+            left, right = torch.where(above, left, d), torch.where(above, d, right)
+        return right
 
     def project(self, params: Tensor) -> Tensor:
         return torch.nan_to_num(params, nan=0.0).clamp(0.0, 1.0)
